@@ -1,0 +1,3 @@
+"""genlab: train, evaluate and compare deep generative image models under one pipeline."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,289 @@
+"""Typed configuration: dataclasses with every default in one place, YAML presets, dotted overrides.
+
+A run's configuration is resolved in three steps, and the result is saved in the run directory:
+
+1. a preset (a YAML file shipped in ``genlab/presets`` or a path given by the user) is read;
+2. ``key=value`` overrides with dotted keys (``model.latent_dim=64``) are applied to it;
+3. the nested dict is turned into the dataclasses below. The ``model`` section's class is owned by
+   the method (``method: vae`` -> ``VAEConfig``), so each family declares its own options.
+
+Any key that is not a field is an error naming the key and the nearest valid keys; any value of
+the wrong type is an error naming the key and the expected type. Nothing is swallowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from genlab.errors import GenlabError
+
+
+@dataclass
+class DataConfig:
+    source: str = "digits"  # data source (registry name): digits (embedded, never downloaded) | folder
+    root: str | None = None  # folder of images for source=folder; searched recursively
+    size: int = 32  # side of the square images the model sees, in pixels (32 or 64)
+    channels: int = 1  # 1 = grayscale, 3 = RGB; every image is converted to this, never guessed per file
+    crop: int | None = None  # centre-crop side in source pixels before resizing; null = largest centred square
+    resize_filter: str = "bicubic"  # PIL filter for resizing folder images: nearest | bilinear | bicubic | lanczos
+    val_fraction: float = 0.1  # share of the images held out for validation (0 disables validation)
+    split_seed: int = 42  # seed of the train/validation split, independent of the training seed
+    limit: int | None = None  # use only the first N images of the source (quick experiments, tests)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 64  # images per optimisation step (clamped to the training set size)
+    epochs: int = 10  # passes over the training split
+    max_steps: int | None = None  # stop after this many optimisation steps in total (null = no limit)
+    patience: int | None = None  # epochs without a better validation loss before stopping (null = never)
+    seed: int = 0  # seed of initialisation, data order and training noise
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
+    log_every: int = 20  # steps between reading losses back from the device (stats.jsonl, progress)
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = only at the end of each epoch
+    num_samples: int = 64  # images in the per-epoch sample grid
+    sample_seed: int = 0  # first seed of the per-epoch sample grid (image i uses sample_seed + i)
+
+
+@dataclass
+class Config:
+    name: str = "custom"  # preset name; part of the run directory's name
+    description: str = ""  # one line shown by `genlab presets`
+    method: str = "vae"  # model family (registry name): see `genlab presets` and the README
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model: Any = None  # the method's own dataclass (VAEConfig, GANConfig, ...)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------
+# Presets
+
+
+def preset_dir() -> Path:
+    return Path(str(resources.files("genlab") / "presets"))
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in preset_dir().glob("*.yaml"))
+
+
+def load_preset(name_or_path: str) -> dict[str, Any]:
+    """Read a shipped preset by name, or any YAML file by path."""
+    path = Path(name_or_path)
+    if not (path.suffix in (".yaml", ".yml") and path.exists()):
+        path = preset_dir() / f"{name_or_path}.yaml"
+        if not path.exists():
+            names = preset_names()
+            near = difflib.get_close_matches(name_or_path, names, n=3, cutoff=0.4)
+            hint = f"; did you mean {', '.join(near)}?" if near else ""
+            raise GenlabError(f"unknown preset {name_or_path!r}{hint} (run `genlab presets` to list them)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise GenlabError(f"cannot read preset {path}: {e}".splitlines()[0]) from e
+    if not isinstance(raw, dict):
+        raise GenlabError(f"preset {path} must be a mapping of keys to values")
+    raw.setdefault("name", path.stem)
+    return raw
+
+
+# ----------------------------------------------------------------------------------------------
+# Overrides and validation
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``a.b=value`` -> ("a.b", parsed value). The value is read as YAML: 3, 0.5, true, null, [1, 2]."""
+    if "=" not in text:
+        raise GenlabError(f"override {text!r} must look like key=value (for example train.epochs=5)")
+    key, _, value = text.partition("=")
+    key = key.strip()
+    if not key:
+        raise GenlabError(f"override {text!r} has no key")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key, parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        key, value = parse_override(text)
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise GenlabError(f"override {text!r}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def _valid_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        keys.append(prefix + f.name)
+        sub = hints[f.name]
+        if dataclasses.is_dataclass(sub):
+            keys.extend(_valid_keys(sub, prefix + f.name + "."))
+    return keys
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert only where it is lossless."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except GenlabError as e:
+                errors.append(e)
+        raise GenlabError(f"config key {key!r} expects {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise GenlabError(f"config key {key!r} expects a list, got {value!r}")
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "5e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is Any:
+        return value
+    raise GenlabError(f"config key {key!r} expects {_type_name(tp)}, got {value!r}")
+
+
+def _unknown_key_error(key: str, valid: list[str]) -> GenlabError:
+    near = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+    if not near:  # compare the last component too: "model.latnt" should find "model.latent_dim"
+        last = key.rsplit(".", 1)[-1]
+        near = [v for v in valid if difflib.get_close_matches(last, [v.rsplit(".", 1)[-1]], cutoff=0.6)][:3]
+    hint = f"; nearest valid keys: {', '.join(near)}" if near else f"; valid keys: {', '.join(valid)}"
+    return GenlabError(f"unknown config key {key!r}{hint}")
+
+
+def build_dataclass(cls: type, raw: dict[str, Any] | None, prefix: str = "", all_keys: list[str] | None = None):
+    raw = dict(raw or {})
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    all_keys = all_keys if all_keys is not None else _valid_keys(cls, prefix)
+    for key in raw:
+        if key not in names:
+            raise _unknown_key_error(prefix + key, all_keys)
+    kwargs = {}
+    for name, value in raw.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise GenlabError(f"config key {prefix + name!r} is a section; set its fields, e.g. {prefix + name}.<key>=...")
+            kwargs[name] = build_dataclass(tp, value, prefix + name + ".", all_keys)
+        else:
+            kwargs[name] = _coerce(value, tp, prefix + name)
+    obj = cls(**kwargs)
+    check = getattr(obj, "validate", None)
+    if check is not None:
+        check()
+    return obj
+
+
+def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        near = difflib.get_close_matches(value, choices, n=1, cutoff=0.4)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise GenlabError(f"config key {key!r} must be one of {', '.join(choices)}, got {value!r}{hint}")
+
+
+def check_positive(key: str, value: int | float | None, allow_zero: bool = False) -> None:
+    if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+        raise GenlabError(f"config key {key!r} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+def validate_config(cfg: Config) -> None:
+    """Cross-field checks that the type annotations cannot express."""
+    from genlab.data import SOURCES
+
+    if cfg.data.source not in SOURCES:
+        check_choice("data.source", cfg.data.source, tuple(SOURCES.names()))
+    check_choice("data.channels", str(cfg.data.channels), ("1", "3"))
+    check_choice("data.resize_filter", cfg.data.resize_filter, ("nearest", "bilinear", "bicubic", "lanczos"))
+    check_choice("train.precision", cfg.train.precision, ("auto", "bf16", "fp32"))
+    if cfg.data.size < 8 or cfg.data.size & (cfg.data.size - 1):
+        raise GenlabError(f"config key 'data.size' must be a power of two >= 8 (32 or 64), got {cfg.data.size}")
+    if not 0.0 <= cfg.data.val_fraction < 1.0:
+        raise GenlabError(f"config key 'data.val_fraction' must be in [0, 1), got {cfg.data.val_fraction}")
+    for key in ("batch_size", "epochs", "log_every", "num_samples"):
+        check_positive(f"train.{key}", getattr(cfg.train, key))
+    for key in ("max_steps", "patience"):
+        check_positive(f"train.{key}", getattr(cfg.train, key))
+    check_positive("train.checkpoint_every", cfg.train.checkpoint_every, allow_zero=True)
+    check_positive("data.crop", cfg.data.crop)
+    check_positive("data.limit", cfg.data.limit)
+
+
+def resolve_config(raw: dict[str, Any]) -> Config:
+    """Nested dict (preset + overrides) -> validated Config with the method's own model section."""
+    from genlab.methods import METHODS
+
+    raw = dict(raw)
+    method_name = raw.get("method", Config.method)
+    if not isinstance(method_name, str):
+        raise GenlabError(f"config key 'method' expects str, got {method_name!r}")
+    method_cls = METHODS.get(method_name)
+    model_raw = raw.pop("model", None) or {}
+    all_keys = _valid_keys(Config) + [f"model.{k}" for k in _valid_keys(method_cls.config_class)]
+    all_keys.remove("model")
+    if not isinstance(model_raw, dict):
+        raise GenlabError("config key 'model' is a section; set its fields, e.g. model.<key>=...")
+    cfg = build_dataclass(Config, raw, "", all_keys)
+    cfg.model = build_dataclass(method_cls.config_class, model_raw, "model.", all_keys)
+    validate_config(cfg)
+    return cfg
+
+
+def load_config(preset: str, overrides: list[str] | None = None) -> Config:
+    return resolve_config(apply_overrides(load_preset(preset), overrides or []))
+
+
+def config_to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

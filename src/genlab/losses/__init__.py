@@ -1,0 +1,1 @@
+"""Objectives as pure functions. Each returns one value per sample; the method reduces them."""

@@ -1,0 +1,119 @@
+"""What every model family ("method") provides to the one training loop.
+
+A method owns its networks, optimizers and schedules. The loop knows none of them: it hands the
+method batches in [-1, 1] on the right device and reads back a dict of scalar tensors.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+
+from genlab.data.convert import to_uint8
+from genlab.errors import GenlabError
+
+
+def latents_from_seeds(n: int, seed: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """One standard-normal latent per image, image i drawn from its own generator seeded ``seed + i``,
+    so a sample never depends on the batch size, the device or how many images are asked for."""
+    out = torch.empty(n, *shape)
+    for i in range(n):
+        out[i] = torch.randn(shape, generator=torch.Generator().manual_seed(seed + i))
+    return out
+
+
+class Method:
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+    has_encoder: ClassVar[bool] = False
+    has_validation_loss: ClassVar[bool] = False
+
+    def __init__(self, cfg: Any, image_shape: tuple[int, int, int], device: torch.device):
+        self.cfg = cfg
+        self.image_shape = tuple(image_shape)
+        self.device = device
+
+    # -- what a family defines ------------------------------------------------------------------
+    def networks(self) -> dict[str, nn.Module]:
+        raise NotImplementedError
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def schedulers(self) -> dict[str, Any]:
+        return {}
+
+    def train_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One optimisation step on a batch in [-1, 1]; returns detached scalar tensors (no host sync)."""
+        raise NotImplementedError
+
+    def validation_step(self, x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Losses on a held-out batch without updating; must include ``loss`` for early stopping."""
+        raise NotImplementedError
+
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents (on the device) -> images in [-1, 1]."""
+        raise NotImplementedError
+
+    def latent_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] -> reconstructions in [-1, 1] (families with an encoder)."""
+        raise GenlabError(f"method {self.name!r} has no encoder, so it cannot reconstruct")
+
+    # -- shared behaviour -----------------------------------------------------------------------
+    def end_epoch(self) -> None:
+        for scheduler in self.schedulers().values():
+            scheduler.step()
+
+    def train(self) -> None:
+        for net in self.networks().values():
+            net.train()
+
+    def eval(self) -> None:
+        for net in self.networks().values():
+            net.eval()
+
+    @torch.inference_mode()
+    def sample(self, n: int, seed: int, batch_size: int = 256) -> torch.Tensor:
+        """``n`` images as uint8 (n, C, H, W) on the CPU; image i comes from seed ``seed + i``."""
+        was_training = [net.training for net in self.networks().values()]
+        self.eval()
+        z = latents_from_seeds(n, seed, self.latent_shape())
+        chunks = [to_uint8(self.generate(z[i : i + batch_size].to(self.device))).cpu() for i in range(0, n, batch_size)]
+        for net, mode in zip(self.networks().values(), was_training):
+            net.train(mode)
+        return torch.cat(chunks)
+
+    def num_parameters(self) -> dict[str, int]:
+        return {k: sum(p.numel() for p in net.parameters()) for k, net in self.networks().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "networks": {k: net.state_dict() for k, net in self.networks().items()},
+            "optimizers": {k: opt.state_dict() for k, opt in self.optimizers().items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers().items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any], networks_only: bool = False, source: str = "checkpoint") -> None:
+        """Load a state; a state of another family or architecture is a GenlabError naming ``source``."""
+        sections = ["networks"] if networks_only else ["networks", "optimizers", "schedulers"]
+        own = {"networks": self.networks(), "optimizers": self.optimizers(), "schedulers": self.schedulers()}
+        for section in sections:
+            saved = state.get(section, {})
+            if set(saved) != set(own[section]):
+                raise GenlabError(
+                    f"{source}: holds {section} {sorted(saved)}, but method {self.name!r} has {sorted(own[section])}"
+                )
+            for key, obj in own[section].items():
+                try:
+                    if section == "networks":
+                        obj.load_state_dict(saved[key], strict=True)
+                    else:
+                        obj.load_state_dict(saved[key])
+                except (RuntimeError, ValueError, KeyError) as e:
+                    first = str(e).strip().splitlines()[0]
+                    raise GenlabError(f"{source}: {section[:-1]} {key!r} does not fit this model: {first}") from e

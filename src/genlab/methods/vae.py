@@ -1,0 +1,118 @@
+"""Variational autoencoder (Kingma & Welling 2014) with a convolutional encoder and decoder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from genlab.config import check_choice, check_positive
+from genlab.errors import GenlabError
+from genlab.losses.vae import RECONSTRUCTION_LOSSES, kl_divergence
+from genlab.methods import METHODS
+from genlab.methods.base import Method
+from genlab.models.blocks import channel_ladder, num_resolution_steps
+from genlab.models.vae import ConvDecoder, ConvEncoder
+
+
+@dataclass
+class VAEConfig:
+    latent_dim: int = 128  # size of z (10 to 2048 are sensible)
+    widths: list[int] = field(default_factory=list)  # channels per resolution step; [] = 32, 64, ... (cap 512)
+    base_width: int = 32  # first width when `widths` is empty
+    activation: str = "leaky_relu"  # relu | leaky_relu (slope 0.2)
+    dropout: float = 0.0  # dropout after every hidden block of encoder and decoder
+    recon_loss: str = "mse"  # mse (decoder output through tanh) | bce (through sigmoid)
+    kl_weight: float = 1.0  # weight of the KL term; see genlab.losses.vae for the reduction convention
+    optimizer: str = "adam"  # adam (L2 weight decay added to the gradient) | adamw (decoupled)
+    lr: float = 1e-3  # learning rate
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam's beta1, beta2
+    weight_decay: float = 0.0  # L2 penalty
+    lr_gamma: float = 1.0  # learning rate multiplied by this after every epoch (1 = constant)
+
+    def validate(self) -> None:
+        check_positive("model.latent_dim", self.latent_dim)
+        check_positive("model.base_width", self.base_width)
+        check_positive("model.lr", self.lr)
+        check_choice("model.activation", self.activation, ("relu", "leaky_relu"))
+        check_choice("model.recon_loss", self.recon_loss, tuple(RECONSTRUCTION_LOSSES))
+        check_choice("model.optimizer", self.optimizer, ("adam", "adamw"))
+        if not 0 <= self.dropout < 1:
+            raise GenlabError(f"config key 'model.dropout' must be in [0, 1), got {self.dropout}")
+        if len(self.betas) != 2:
+            raise GenlabError(f"config key 'model.betas' needs two values, got {self.betas}")
+
+
+def make_optimizer(kind: str, params, lr: float, betas: list[float], weight_decay: float) -> torch.optim.Optimizer:
+    cls = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
+    return cls(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+
+
+@METHODS.register("vae")
+class VAEMethod(Method):
+    name = "vae"
+    config_class = VAEConfig
+    has_encoder = True
+    has_validation_loss = True
+
+    def __init__(self, cfg: VAEConfig, image_shape: tuple[int, int, int], device: torch.device):
+        super().__init__(cfg, image_shape, device)
+        channels, size, _ = image_shape
+        steps = num_resolution_steps(size)
+        widths = cfg.widths or channel_ladder(steps, cfg.base_width)
+        if len(widths) != steps:
+            raise GenlabError(f"model.widths has {len(widths)} entries; {size}x{size} images need {steps}")
+        self.encoder = ConvEncoder(channels, widths, cfg.latent_dim, cfg.activation, cfg.dropout).to(device)
+        self.decoder = ConvDecoder(channels, widths, cfg.latent_dim, cfg.activation, cfg.dropout).to(device)
+        params = list(self.encoder.parameters()) + list(self.decoder.parameters())
+        self.opt = make_optimizer(cfg.optimizer, params, cfg.lr, cfg.betas, cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.ExponentialLR(self.opt, gamma=cfg.lr_gamma)
+        self.recon_loss = RECONSTRUCTION_LOSSES[cfg.recon_loss]
+
+    def networks(self):
+        return {"encoder": self.encoder, "decoder": self.decoder}
+
+    def optimizers(self):
+        return {"adam": self.opt}
+
+    def schedulers(self):
+        return {"lr": self.sched}
+
+    def latent_shape(self):
+        return (self.cfg.latent_dim,)
+
+    def decode(self, raw: torch.Tensor) -> torch.Tensor:
+        """Decoder output -> image in [-1, 1] with the non-linearity the reconstruction loss implies."""
+        return torch.tanh(raw) if self.cfg.recon_loss == "mse" else torch.sigmoid(raw) * 2 - 1
+
+    def _losses(self, x: torch.Tensor, noise: torch.Tensor) -> dict[str, torch.Tensor]:
+        mean, logvar = self.encoder(x)
+        z = mean + (0.5 * logvar).exp() * noise  # reparameterisation trick (Kingma & Welling 2014, eq. 4)
+        raw = self.decoder(z)
+        out = torch.tanh(raw) if self.cfg.recon_loss == "mse" else raw  # BCE loss takes logits
+        recon = self.recon_loss(out, x)
+        kl = kl_divergence(mean, logvar)
+        loss = recon + self.cfg.kl_weight * kl
+        return {"loss": loss.mean(), "recon": recon.mean(), "kl": kl.mean()}
+
+    def train_step(self, x):
+        noise = torch.randn(x.shape[0], self.cfg.latent_dim, device=x.device)
+        losses = self._losses(x, noise)
+        self.opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        self.opt.step()
+        return {k: v.detach() for k, v in losses.items()}
+
+    @torch.no_grad()
+    def validation_step(self, x, generator):
+        noise = torch.randn(x.shape[0], self.cfg.latent_dim, generator=generator).to(x.device)
+        return self._losses(x, noise)
+
+    def generate(self, z):
+        return self.decode(self.decoder(z)).float()
+
+    @torch.inference_mode()
+    def reconstruct(self, x):
+        """Decode the posterior mean: the deterministic reconstruction."""
+        mean, _ = self.encoder(x)
+        return self.decode(self.decoder(mean)).float()

@@ -1,0 +1,1 @@
+"""Networks only (nn.Modules), one architecture per file; shared blocks in blocks.py."""

@@ -1,0 +1,68 @@
+"""DCGAN generator and discriminator (Radford, Metz & Chintala 2016, "Unsupervised representation
+learning with deep convolutional GANs", section 3 "architecture guidelines"):
+
+- strided convolutions instead of pooling, transposed convolutions to upsample;
+- BatchNorm in both networks except the generator output and the discriminator input layer;
+- no fully connected hidden layers: z is projected by a 4x4 transposed convolution, and the
+  discriminator ends in a 4x4 convolution to one logit;
+- ReLU in the generator with tanh at its output; LeakyReLU(0.2) in the discriminator;
+- weights drawn from N(0, 0.02) (section 4), BatchNorm scales from N(1, 0.02).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from genlab.models.blocks import activation, down_block, up_block
+
+BOTTOM = 4  # side of the smallest feature map, in pixels
+
+
+class DCGANGenerator(nn.Module):
+    """z (B, latent_dim) -> image (B, C, S, S) in [-1, 1]."""
+
+    def __init__(self, latent_dim: int, channels: int, widths: list[int]):
+        super().__init__()
+        widths = list(reversed(widths))  # deepest first
+        self.latent_dim = latent_dim
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(latent_dim, widths[0], BOTTOM, 1, 0, bias=False),  # 1x1 -> 4x4
+            nn.BatchNorm2d(widths[0]),
+            activation("relu"),
+        ]
+        for c_in, c_out in zip(widths[:-1], widths[1:]):
+            layers.append(up_block(c_in, c_out, "relu"))
+        layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1, bias=False), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z.view(z.shape[0], self.latent_dim, 1, 1))
+
+
+class DCGANDiscriminator(nn.Module):
+    """image (B, C, S, S) -> one logit per image (B,). Optional dropout after every hidden layer
+    (seed 001 uses 0.1)."""
+
+    def __init__(self, channels: int, widths: list[int], dropout: float = 0.0):
+        super().__init__()
+        layers: list[nn.Module] = [down_block(channels, widths[0], "leaky_relu", norm=False, dropout=dropout)]
+        for c_in, c_out in zip(widths[:-1], widths[1:]):
+            layers.append(down_block(c_in, c_out, "leaky_relu", dropout=dropout))
+        layers.append(nn.Conv2d(widths[-1], 1, BOTTOM, 1, 0, bias=False))  # 4x4 -> 1x1 logit
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).flatten()
+
+
+def dcgan_init_(module: nn.Module) -> None:
+    """Initialise in place as DCGAN section 4: conv weights ~ N(0, 0.02), BN scale ~ N(1, 0.02), bias 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)

@@ -1,0 +1,1 @@
+"""The one training loop for every family, its checkpoints and its run directory."""

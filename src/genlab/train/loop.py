@@ -1,0 +1,372 @@
+"""The one training loop for every family.
+
+The loop owns what is common to all of them: device placement, mixed precision, data order,
+logging, progress, validation, early stopping, sample grids, checkpoints and resume. A family
+(see :mod:`genlab.methods.base`) only provides ``train_step``, ``validation_step``, ``sample`` and
+``reconstruct``; adding a family never changes this file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from genlab.config import Config, config_to_yaml
+from genlab.data import ImageSplits, build_dataset, to_model_range, to_uint8
+from genlab.errors import GenlabError
+from genlab.methods import METHODS
+from genlab.methods.base import Method
+from genlab.train.checkpoint import config_from_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
+from genlab.train.rundir import (
+    StatsWriter,
+    checkpoint_path,
+    create_run_dir,
+    image_grid,
+    pair_grid,
+    require_run_dir,
+    save_grid,
+    update_json,
+)
+
+log = logging.getLogger("genlab")
+
+# Keys that may change when a run is resumed: how long it goes on and how it reports. Anything
+# else would make the resumed run a different experiment than the one its directory records.
+RESUMABLE_KEYS = ("train.epochs", "train.max_steps", "train.patience", "train.log_every", "train.checkpoint_every")
+RECONSTRUCTION_IMAGES = 16  # validation images shown beside their reconstructions each epoch
+
+
+@dataclass
+class Progress:
+    step: int = 0  # optimisation steps done
+    epoch: int = 0  # epochs completed
+    batch: int = 0  # batches done in the current, unfinished epoch
+    best_val_loss: float | None = None
+    best_epoch: int | None = None
+    epochs_without_improvement: int = 0
+    elapsed_s: float = 0.0  # training wall time over all sessions of this run
+    images_seen: int = 0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GenlabError(f"--device cuda: CUDA is not available here (torch {torch.__version__}); use --device cpu")
+    if name not in ("cpu", "cuda"):
+        raise GenlabError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def autocast(precision: str, device: torch.device):
+    """bf16 autocast on CUDA by default (no loss scaling needed: bf16 has fp32's exponent range)."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The data order of one epoch, a function of (seed, epoch) alone, so resume needs no sampler state."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class _BufferHandler(logging.Handler):
+    """Holds log records made before the run directory exists, to replay them into its log."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def attach_run_log(run_dir: Path, buffered: _BufferHandler | None = None) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "log.txt")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    if buffered is not None:
+        for record in buffered.records:
+            handler.handle(record)
+    log.addHandler(handler)
+    return handler
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: Path, device: torch.device, data: ImageSplits, method: Method,
+                 progress: Progress, quiet: bool = False):
+        self.cfg, self.run_dir, self.device = cfg, run_dir, device
+        self.data, self.method, self.progress, self.quiet = data, method, progress, quiet
+        n = len(data.train)
+        self.batch_size = min(cfg.train.batch_size, n)
+        if self.batch_size < cfg.train.batch_size:
+            log.warning("train.batch_size %d is larger than the %d training images; using %d",
+                        cfg.train.batch_size, n, self.batch_size)
+        self.steps_per_epoch = n // self.batch_size  # the incomplete last batch is dropped (BatchNorm)
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _save(self, which: str) -> None:
+        save_checkpoint(checkpoint_path(self.run_dir, which), self.cfg, self.data.image_shape,
+                        self.method.state_dict(), dataclasses.asdict(self.progress))
+
+    def _copy_last_to_best(self) -> None:
+        last, best = checkpoint_path(self.run_dir, "last"), checkpoint_path(self.run_dir, "best")
+        tmp = best.with_name(best.name + ".tmp")
+        try:
+            shutil.copyfile(last, tmp)
+            tmp.replace(best)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise GenlabError(f"could not write checkpoint {best}: {e.strerror or e}") from e
+
+    @torch.no_grad()
+    def _validate(self) -> dict[str, float]:
+        """Mean validation losses over the whole split, with the same noise every epoch so epochs compare."""
+        self.method.eval()
+        generator = torch.Generator().manual_seed(self.cfg.train.seed)
+        totals: dict[str, torch.Tensor] = {}
+        val = self.data.val
+        for i in range(0, len(val), self.batch_size):
+            x = to_model_range(val[i : i + self.batch_size].to(self.device))
+            with autocast(self.cfg.train.precision, self.device):
+                losses = self.method.validation_step(x, generator)
+            for k, v in losses.items():
+                totals[k] = totals.get(k, 0) + v.float() * len(x)
+        self.method.train()
+        return {k: (v / len(val)).item() for k, v in totals.items()}
+
+    def _write_grids(self, tag: str, writer: StatsWriter) -> None:
+        samples = self.method.sample(self.cfg.train.num_samples, self.cfg.train.sample_seed)
+        grid = image_grid(samples)
+        save_grid(grid, self.run_dir / "samples" / f"{tag}.png")
+        writer.image("samples", grid, self.progress.step)
+        if self.method.has_encoder:
+            source = self.data.val if self.data.val is not None else self.data.train
+            originals = source[:RECONSTRUCTION_IMAGES]
+            with autocast(self.cfg.train.precision, self.device):
+                recon = self.method.reconstruct(to_model_range(originals.to(self.device)))
+            grid = pair_grid(originals, to_uint8(recon).cpu())
+            save_grid(grid, self.run_dir / "reconstructions" / f"{tag}.png")
+            writer.image("reconstructions", grid, self.progress.step)
+
+    def _end_of_epoch(self, writer: StatsWriter) -> bool:
+        """Validation, early stopping, grids and checkpoints; returns True when training should stop."""
+        p, cfg = self.progress, self.cfg.train
+        record: dict = {"kind": "epoch", "step": p.step, "epoch": p.epoch}
+        improved = False
+        if self.method.has_validation_loss and self.data.val is not None:
+            val = self._validate()
+            record.update({f"val_{k}": v for k, v in val.items()})
+            if p.best_val_loss is None or val["loss"] < p.best_val_loss:
+                p.best_val_loss, p.best_epoch, p.epochs_without_improvement = val["loss"], p.epoch, 0
+                improved = True
+            else:
+                p.epochs_without_improvement += 1
+        writer.write(record)
+        shown = " ".join(f"{k} {v:.4g}" for k, v in record.items() if k.startswith("val_"))
+        log.info("epoch %d/%d done at step %d%s", p.epoch, cfg.epochs, p.step, f": {shown}" if shown else "")
+        self._write_grids(f"epoch-{p.epoch:04d}", writer)
+        self._save("last")
+        if improved:
+            self._copy_last_to_best()
+        if cfg.patience is not None and p.epochs_without_improvement >= cfg.patience:
+            log.info("early stopping: no better validation loss for %d epochs (best %.5g at epoch %d)",
+                     cfg.patience, p.best_val_loss, p.best_epoch)
+            return True
+        return False
+
+    # -- the loop -------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg, p = self.cfg.train, self.progress
+        total_steps = cfg.epochs * self.steps_per_epoch
+        if cfg.max_steps is not None:
+            total_steps = min(total_steps, cfg.max_steps)
+        # The whole (uint8) training split lives on the device; batches are gathered there.
+        train_images = self.data.train.to(self.device)
+        log.info("training %s on %s: %d images, batch %d, %d steps per epoch, %d epochs, device %s",
+                 self.cfg.method, self.data.name, len(self.data.train), self.batch_size, self.steps_per_epoch,
+                 cfg.epochs, self.device)
+        writer = StatsWriter(self.run_dir, purge_step=p.step or None)
+        bar = tqdm(total=total_steps, initial=min(p.step, total_steps), disable=self.quiet, unit="step",
+                   dynamic_ncols=True, file=sys.stderr, leave=False)
+        running: dict[str, torch.Tensor] = {}
+        window_steps, window_start, session_start = 0, time.perf_counter(), time.perf_counter()
+        elapsed_before = p.elapsed_s
+        stop_reason = None
+
+        def flush_window() -> None:
+            nonlocal running, window_steps, window_start, stop_reason
+            if not window_steps:
+                return
+            now = time.perf_counter()
+            values = {k: (v / window_steps).item() for k, v in running.items()}  # the only host sync
+            record = {"kind": "train", "step": p.step, "epoch": round(p.epoch + p.batch / self.steps_per_epoch, 4),
+                      "time_s": round(elapsed_before + now - session_start, 3),
+                      "images_per_s": round(window_steps * self.batch_size / (now - window_start), 1), **values}
+            writer.write(record)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()} | {"img/s": f"{record['images_per_s']:.0f}"},
+                            refresh=False)
+            running, window_steps, window_start = {}, 0, now
+            if not all(math.isfinite(v) for v in values.values()):
+                log.error("a loss became non-finite near step %d (%s); stopping. The last good checkpoint is %s",
+                          p.step, values, checkpoint_path(self.run_dir, "last"))
+                stop_reason = "non_finite_loss"
+
+        self.method.train()
+        try:
+            while p.epoch < cfg.epochs and stop_reason is None:
+                bar.set_description(f"epoch {p.epoch + 1}/{cfg.epochs}")
+                order = epoch_permutation(len(train_images), cfg.seed, p.epoch).to(self.device)
+                while p.batch < self.steps_per_epoch and stop_reason is None:
+                    if cfg.max_steps is not None and p.step >= cfg.max_steps:
+                        stop_reason = "max_steps"
+                        break
+                    index = order[p.batch * self.batch_size : (p.batch + 1) * self.batch_size]
+                    x = to_model_range(train_images[index])
+                    with autocast(cfg.precision, self.device):
+                        stats = self.method.train_step(x)
+                    for k, v in stats.items():
+                        running[k] = running.get(k, 0) + v.float()
+                    window_steps += 1
+                    p.step, p.batch, p.images_seen = p.step + 1, p.batch + 1, p.images_seen + self.batch_size
+                    bar.update(1)
+                    if p.step % cfg.log_every == 0:
+                        flush_window()
+                    if cfg.checkpoint_every and p.step % cfg.checkpoint_every == 0 and stop_reason is None:
+                        p.elapsed_s = elapsed_before + time.perf_counter() - session_start
+                        self._save("last")
+                if stop_reason is not None:
+                    break
+                flush_window()
+                if stop_reason is not None:
+                    break
+                p.epoch, p.batch = p.epoch + 1, 0
+                self.method.end_epoch()
+                p.elapsed_s = elapsed_before + time.perf_counter() - session_start
+                if self._end_of_epoch(writer):
+                    stop_reason = "early_stopping"
+            stop_reason = stop_reason or "epochs"
+            flush_window()
+            p.elapsed_s = elapsed_before + time.perf_counter() - session_start
+            if stop_reason == "max_steps":  # stopped inside an epoch: keep its position for a later resume
+                self._write_grids(f"step-{p.step:07d}", writer)
+                self._save("last")
+        except KeyboardInterrupt:
+            p.elapsed_s = elapsed_before + time.perf_counter() - session_start
+            self._save("last")
+            log.warning("interrupted at step %d; continue with: genlab train --resume %s", p.step, self.run_dir)
+            raise
+        finally:
+            bar.close()
+            writer.close()
+
+        summary = {
+            "method": self.cfg.method,
+            "dataset": self.data.name,
+            "steps": p.step,
+            "epochs_completed": p.epoch,
+            "stopped_because": stop_reason,
+            "best_val_loss": p.best_val_loss,
+            "best_epoch": p.best_epoch,
+            "train_time_s": round(p.elapsed_s, 2),
+            "images_per_s": round(p.images_seen / p.elapsed_s, 1) if p.elapsed_s > 0 else None,
+            "device": str(self.device),
+            "parameters": self.method.num_parameters(),
+        }
+        update_json(self.run_dir / "metrics.json", {"train": summary})
+        log.info("finished (%s) after %d steps, %.1f s; run directory %s", stop_reason, p.step, p.elapsed_s, self.run_dir)
+        return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry points used by the CLI
+
+
+def start_training(cfg: Config, runs_root: Path, device: torch.device, quiet: bool = False) -> Path:
+    """Load the data, then (only once everything checked out) create the run directory and train."""
+    buffered = _BufferHandler()
+    log.addHandler(buffered)
+    try:
+        data = build_dataset(cfg.data)
+        seed_everything(cfg.train.seed)
+        method = METHODS.get(cfg.method)(cfg.model, data.image_shape, device)
+    finally:
+        log.removeHandler(buffered)
+    run_dir = create_run_dir(runs_root, cfg.name, data.name)
+    (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+    (run_dir / "checkpoints").mkdir()
+    handler = attach_run_log(run_dir, buffered)
+    try:
+        log.info("run directory %s", run_dir)
+        log.info("parameters: %s", ", ".join(f"{k} {v:,}" for k, v in method.num_parameters().items()))
+        Trainer(cfg, run_dir, device, data, method, Progress(), quiet).fit()
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    return run_dir
+
+
+def resume_training(run_dir: Path, overrides: list[str], device: torch.device, quiet: bool = False) -> Path:
+    """Continue a run from its last checkpoint. Everything is checked before anything is written."""
+    from genlab.config import apply_overrides, resolve_config
+
+    run_dir = require_run_dir(run_dir)
+    last = checkpoint_path(run_dir, "last")
+    if not last.is_file():
+        raise GenlabError(f"{run_dir} has no checkpoint to resume from ({last} is missing)")
+    payload = load_checkpoint(last)
+    cfg = config_from_checkpoint(payload, last)
+    import yaml
+
+    recorded = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    if recorded.get("method") != payload["method"]:
+        raise GenlabError(f"{last} is a {payload['method']!r} checkpoint, but {run_dir / 'config.yaml'} "
+                          f"describes a {recorded.get('method')!r} run")
+    for text in overrides:
+        key = text.partition("=")[0].strip()
+        if key not in RESUMABLE_KEYS:
+            raise GenlabError(f"cannot change {key!r} when resuming; only {', '.join(RESUMABLE_KEYS)} may change")
+    if overrides:
+        cfg = resolve_config(apply_overrides(cfg.to_dict(), overrides))
+    data = build_dataset(cfg.data)
+    if list(data.image_shape) != list(payload["image_shape"]):
+        raise GenlabError(f"{last} was trained on images of shape {payload['image_shape']}, "
+                          f"but data now gives {list(data.image_shape)}")
+    method = METHODS.get(cfg.method)(cfg.model, data.image_shape, device)
+    method.load_state_dict(payload["state"], source=str(last))
+    progress = Progress(**payload["progress"])
+    set_rng_state(payload["rng"])
+
+    if overrides:
+        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+    handler = attach_run_log(run_dir)
+    try:
+        log.info("resuming %s at epoch %d, step %d%s", run_dir, progress.epoch, progress.step,
+                 f" with {' '.join(overrides)}" if overrides else "")
+        with open(run_dir / "stats.jsonl", "a") as f:
+            f.write(f'{{"kind": "resume", "step": {progress.step}, "epoch": {progress.epoch}}}\n')
+        Trainer(cfg, run_dir, device, data, method, progress, quiet).fit()
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    return run_dir

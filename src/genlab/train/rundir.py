@@ -1,0 +1,138 @@
+"""Run directories (``runs/NNNNN-<preset>-<dataset>/``), never overwritten, and what is written in them.
+
+Layout of a run directory:
+    config.yaml        the resolved configuration
+    log.txt            the human log
+    stats.jsonl        append-only, one JSON record per logging interval and per epoch
+    tb/                TensorBoard event files
+    samples/           sample grids from fixed seeds, one per epoch (so epochs compare)
+    reconstructions/   validation images beside their reconstructions (families with an encoder)
+    checkpoints/       last.pt, and best.pt for families with a validation loss
+    metrics.json       the final summary (training; evaluation adds to it)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchvision.utils import make_grid, save_image
+
+from genlab.errors import GenlabError
+
+RUN_NAME = re.compile(r"^(\d{5})-")
+log = logging.getLogger("genlab")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "run"
+
+
+def create_run_dir(root: Path, preset: str, dataset: str) -> Path:
+    """Make a new numbered directory below ``root``; numbers only grow, nothing is reused."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise GenlabError(f"cannot create runs folder {root}: {e.strerror or e}") from e
+    while True:
+        taken = [int(m.group(1)) for p in root.iterdir() if (m := RUN_NAME.match(p.name))]
+        path = root / f"{max(taken, default=-1) + 1:05d}-{_slug(preset)}-{_slug(dataset)}"
+        try:
+            path.mkdir()  # exclusive: fails rather than reuse a directory another process just made
+            return path
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise GenlabError(f"cannot create run directory {path}: {e.strerror or e}") from e
+
+
+def checkpoint_path(run_dir: Path, which: str = "last") -> Path:
+    return run_dir / "checkpoints" / f"{which}.pt"
+
+
+def require_run_dir(path: Path) -> Path:
+    """A directory that ``genlab train`` made: it has config.yaml and a checkpoints folder."""
+    if not path.exists():
+        raise GenlabError(f"no such run directory: {path}")
+    if not path.is_dir() or not (path / "config.yaml").is_file() or not (path / "checkpoints").is_dir():
+        raise GenlabError(f"{path} is not a genlab run directory (it needs config.yaml and checkpoints/)")
+    return path
+
+
+def find_checkpoint(run_or_file: Path, which: str = "last") -> Path:
+    """A run directory (its ``which`` checkpoint) or a checkpoint file given directly."""
+    if run_or_file.is_file():
+        return run_or_file
+    run_dir = require_run_dir(run_or_file)
+    path = checkpoint_path(run_dir, which)
+    if not path.is_file():
+        have = sorted(p.stem for p in (run_dir / "checkpoints").glob("*.pt"))
+        raise GenlabError(f"{run_dir} has no {which!r} checkpoint (it has: {', '.join(have) or 'none'})")
+    return path
+
+
+class StatsWriter:
+    """stats.jsonl (append-only) and TensorBoard scalars, written from one place."""
+
+    def __init__(self, run_dir: Path, purge_step: int | None = None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.file = open(run_dir / "stats.jsonl", "a")
+        self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=purge_step)
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        step = record["step"]
+        for key, value in record.items():
+            if key not in ("kind", "step", "epoch", "time_s") and isinstance(value, (int, float)):
+                self.tb.add_scalar(f"{record['kind']}/{key}", value, step)
+
+    def image(self, tag: str, grid: torch.Tensor, step: int) -> None:
+        self.tb.add_image(tag, grid, step)
+
+    def close(self) -> None:
+        self.file.close()
+        self.tb.close()
+
+
+def image_grid(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float grid (C, H', W') in [0, 1], ceil(sqrt(N)) images per row by default."""
+    nrow = nrow or math.ceil(math.sqrt(len(images)))
+    return make_grid(images.float() / 255.0, nrow=nrow, padding=2, pad_value=1.0)
+
+
+def pair_grid(originals: torch.Tensor, reconstructions: torch.Tensor, per_row: int = 8) -> torch.Tensor:
+    """Rows of originals, each followed by the row of their reconstructions."""
+    rows = []
+    for i in range(0, len(originals), per_row):
+        rows += [originals[i : i + per_row], reconstructions[i : i + per_row]]
+    width = min(per_row, len(originals))
+    padded = [torch.cat([r, torch.full((width - len(r), *r.shape[1:]), 255, dtype=r.dtype)]) for r in rows]
+    return image_grid(torch.cat(padded), nrow=width)
+
+
+def save_grid(grid: torch.Tensor, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    try:
+        save_image(grid, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise GenlabError(f"could not write image {path}: {e.strerror or e}") from e
+
+
+def update_json(path: Path, updates: dict[str, Any]) -> None:
+    """Merge ``updates`` into a JSON file (created if absent), atomically."""
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data.update(updates)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
