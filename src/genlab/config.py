@@ -208,8 +208,11 @@ def build_dataclass(cls: type, raw: dict[str, Any] | None, prefix: str = "", all
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     all_keys = all_keys if all_keys is not None else _valid_keys(cls, prefix)
-    for key in raw:
+    for key, value in raw.items():
         if key not in names:
+            while isinstance(value, dict) and len(value) == 1:  # name the full key the user typed
+                (sub, value), = value.items()
+                key = f"{key}.{sub}"
             raise _unknown_key_error(prefix + key, all_keys)
     kwargs = {}
     for name, value in raw.items():

@@ -104,6 +104,9 @@ class _BufferHandler(logging.Handler):
 
 def attach_run_log(run_dir: Path, buffered: _BufferHandler | None = None) -> logging.Handler:
     handler = logging.FileHandler(run_dir / "log.txt")
+    handler.setLevel(logging.INFO)
+    if log.getEffectiveLevel() > logging.INFO:  # the run's log is always written, from the CLI or from Python
+        log.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     if buffered is not None:
         for record in buffered.records:
@@ -156,6 +159,15 @@ class Trainer:
         return {k: (v / len(val)).item() for k, v in totals.items()}
 
     def _write_grids(self, tag: str, writer: StatsWriter) -> None:
+        """Sample and reconstruction grids, in eval mode: reporting must not touch the training state
+        (a BatchNorm layer in train mode would fold these batches into its running statistics)."""
+        self.method.eval()
+        try:
+            self._write_grids_eval(tag, writer)
+        finally:
+            self.method.train()
+
+    def _write_grids_eval(self, tag: str, writer: StatsWriter) -> None:
         samples = self.method.sample(self.cfg.train.num_samples, self.cfg.train.sample_seed)
         grid = image_grid(samples)
         save_grid(grid, self.run_dir / "samples" / f"{tag}.png")

@@ -1,0 +1,136 @@
+"""Networks and families on tiny CPU models: shapes, a training step, sampling, state round trips."""
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from genlab.config import load_config
+from genlab.errors import GenlabError
+from genlab.methods import METHODS
+from genlab.models.dcgan import DCGANDiscriminator, DCGANGenerator
+from genlab.models.vae import ConvDecoder, ConvEncoder
+
+CPU = torch.device("cpu")
+
+
+def make(preset: str, overrides=(), shape=(1, 16, 16)):
+    cfg = load_config(preset, list(overrides))
+    torch.manual_seed(0)
+    return METHODS.get(cfg.method)(cfg.model, shape, CPU)
+
+
+@pytest.mark.parametrize("size, widths", [(16, [8, 16]), (32, [8, 16, 32]), (64, [4, 8, 16, 32])])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_vae_networks_shapes(size, widths, channels):
+    enc = ConvEncoder(channels, widths, latent_dim=10, act="leaky_relu", dropout=0.2)
+    dec = ConvDecoder(channels, widths, latent_dim=10, act="relu", dropout=0.2)
+    mean, logvar = enc(torch.randn(3, channels, size, size))
+    assert mean.shape == logvar.shape == (3, 10)
+    assert dec(mean).shape == (3, channels, size, size)
+
+
+@pytest.mark.parametrize("size, widths", [(32, [8, 16, 32]), (64, [4, 8, 16, 32])])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_dcgan_networks_shapes(size, widths, channels):
+    g = DCGANGenerator(100, channels, widths)
+    d = DCGANDiscriminator(channels, widths, dropout=0.1)
+    img = g(torch.randn(5, 100))
+    assert img.shape == (5, channels, size, size)
+    assert img.min() >= -1 and img.max() <= 1  # tanh output
+    assert d(img).shape == (5,)
+    # Radford et al.: no pooling and no fully connected hidden layers.
+    kinds = {type(m).__name__ for m in list(g.modules()) + list(d.modules())}
+    assert not kinds & {"Linear", "MaxPool2d", "AvgPool2d"}
+
+
+def test_dcgan_init_is_normal_0_002():
+    m = make("dcgan-digits", shape=(1, 32, 32))
+    weights = torch.cat([mod.weight.flatten() for mod in m.generator.modules() if isinstance(mod, torch.nn.ConvTranspose2d)])
+    assert abs(weights.mean().item()) < 2e-3
+    assert weights.std().item() == pytest.approx(0.02, rel=0.05)
+    slopes = {mod.negative_slope for mod in m.discriminator.modules() if isinstance(mod, torch.nn.LeakyReLU)}
+    assert slopes == {0.2}
+    assert m.opt_g.param_groups[0]["betas"][0] == 0.5
+
+
+@pytest.mark.parametrize("preset, keys", [("tiny-vae", {"loss", "recon", "kl"}),
+                                          ("tiny-dcgan", {"loss_d", "loss_g", "d_real", "d_fake"})])
+def test_train_step_returns_finite_scalars_and_updates(preset, keys):
+    m = make(preset)
+    before = {k: [p.clone() for p in net.parameters()] for k, net in m.networks().items()}
+    x = torch.rand(8, 1, 16, 16) * 2 - 1
+    stats = m.train_step(x)
+    assert set(stats) == keys
+    for v in stats.values():
+        assert v.dim() == 0 and torch.isfinite(v) and not v.requires_grad
+    for name, net in m.networks().items():
+        assert any(not torch.equal(a, b) for a, b in zip(before[name], net.parameters())), name
+
+
+def test_vae_loss_values_on_a_known_case():
+    m = make("tiny-vae", ["model.kl_weight=0.5"])
+    x = torch.rand(4, 1, 16, 16) * 2 - 1
+    with torch.no_grad():
+        noise = torch.zeros(4, 8)
+        got = m._losses(x, noise)
+        mean, logvar = m.encoder(x)
+        recon = (torch.tanh(m.decoder(mean)) - x).square().mean((1, 2, 3))
+        kl = -0.5 * (1 + logvar - mean**2 - logvar.exp()).sum(1)
+    assert_close(got["recon"], recon.mean())
+    assert_close(got["kl"], kl.mean())
+    assert_close(got["loss"], (recon + 0.5 * kl).mean())
+
+
+@pytest.mark.parametrize("preset", ["tiny-vae", "tiny-dcgan"])
+def test_sample_is_uint8_seeded_and_independent_of_batch_size(preset):
+    m = make(preset)
+    a = m.sample(10, seed=3, batch_size=10)
+    assert a.dtype == torch.uint8 and a.shape == (10, 1, 16, 16)
+    assert torch.equal(a, m.sample(10, seed=3, batch_size=3))
+    assert torch.equal(a[:4], m.sample(4, seed=3))  # image i depends only on seed + i
+    assert torch.equal(a[1:5], m.sample(4, seed=4))
+    assert not torch.equal(a, m.sample(10, seed=4))
+
+
+def test_reconstruct_only_with_an_encoder():
+    vae, gan = make("tiny-vae"), make("tiny-dcgan")
+    x = torch.rand(3, 1, 16, 16) * 2 - 1
+    vae.eval()
+    out = vae.reconstruct(x)
+    assert out.shape == x.shape and out.min() >= -1 and out.max() <= 1
+    with pytest.raises(GenlabError, match="no encoder"):
+        gan.reconstruct(x)
+
+
+def test_bce_vae_outputs_stay_in_range():
+    m = make("tiny-vae", ["model.recon_loss=bce"])
+    stats = m.train_step(torch.rand(4, 1, 16, 16) * 2 - 1)
+    assert torch.isfinite(stats["loss"])
+    img = m.sample(4, seed=0)
+    assert img.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("preset", ["tiny-vae", "tiny-dcgan"])
+def test_save_load_gives_the_same_samples(preset):
+    a = make(preset)
+    a.train_step(torch.rand(8, 1, 16, 16) * 2 - 1)
+    b = make(preset, ["train.seed=5"])
+    torch.manual_seed(123)
+    b = METHODS.get(a.name)(a.cfg, (1, 16, 16), CPU)
+    assert not torch.equal(a.sample(4, 0), b.sample(4, 0))
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(a.sample(4, 0), b.sample(4, 0))
+
+
+def test_state_of_another_family_is_rejected():
+    vae, gan = make("tiny-vae"), make("tiny-dcgan")
+    with pytest.raises(GenlabError, match="holds networks"):
+        vae.load_state_dict(gan.state_dict(), source="x.pt")
+    wider = make("tiny-vae", ["model.widths=[16, 32]"])
+    with pytest.raises(GenlabError, match="does not fit this model"):
+        vae.load_state_dict(wider.state_dict(), source="x.pt")
+
+
+def test_widths_must_match_the_image_size():
+    with pytest.raises(GenlabError, match="16x16 images need 2"):
+        make("tiny-vae", ["model.widths=[8, 16, 32]"])
