@@ -154,3 +154,26 @@ def test_early_stopping_and_best_checkpoint(tmp_path):
     assert metrics["epochs_completed"] == 4 and metrics["best_epoch"] == 2 and metrics["best_val_loss"] == 2.0
     assert load_checkpoint(run / "checkpoints" / "best.pt")["progress"]["epoch"] == 2
     assert load_checkpoint(run / "checkpoints" / "last.pt")["progress"]["epoch"] == 4
+
+
+def test_interrupt_saves_a_checkpoint_that_resumes_exactly(tmp_path, monkeypatch):
+    from genlab.methods.vae import VAEMethod
+
+    straight = start_training(load_config("tiny-vae"), tmp_path, CPU, quiet=True)
+    original, calls = VAEMethod.train_step, {"n": 0}
+
+    def interrupted_step(self, x):
+        calls["n"] += 1
+        if calls["n"] == 4:  # Ctrl-C during the fourth step
+            raise KeyboardInterrupt
+        return original(self, x)
+
+    monkeypatch.setattr(VAEMethod, "train_step", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        start_training(load_config("tiny-vae"), tmp_path, CPU, quiet=True)
+    monkeypatch.setattr(VAEMethod, "train_step", original)
+    split = tmp_path / "00001-tiny-vae-digits"
+    assert load_checkpoint(split / "checkpoints" / "last.pt")["progress"]["step"] == 3
+    assert "interrupted at step 3" in (split / "log.txt").read_text()
+    resume_training(split, [], CPU, quiet=True)
+    assert_same_networks(networks(straight), networks(split))
