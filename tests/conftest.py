@@ -10,6 +10,19 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("GENLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def isolated_cache(tmp_path_factory):
+    """Prepared data goes to a temporary cache, never the user's ~/.cache/genlab."""
+    path = tmp_path_factory.mktemp("genlab-cache")
+    old = os.environ.get("GENLAB_CACHE")
+    os.environ["GENLAB_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("GENLAB_CACHE", None)
+    else:
+        os.environ["GENLAB_CACHE"] = old
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

@@ -1,4 +1,4 @@
-"""The ``genlab`` command: train | sample | reconstruct | presets.
+"""The ``genlab`` command: train | sample | reconstruct | data | presets.
 
 Bad input (a wrong path, an unknown key, a checkpoint of another model) ends with one line on
 stderr naming what and where, and exit code 2; ``--debug`` shows the traceback instead.
@@ -51,6 +51,18 @@ examples:
   genlab reconstruct runs/00000-quickstart-digits --n 8 --out recon.png --split train
 
 Writes originals (odd rows) above their reconstructions (even rows) and prints each image's MSE.
+"""
+
+DATA_EXAMPLES = """\
+examples:
+  genlab data info celeba --root ../shared/data/celeba
+  genlab data prepare celeba --root ../shared/data/celeba size=64 crop=148
+  genlab data prepare folder --root ../shared/data/ckplus48 size=64 channels=1 --strict
+  genlab data prepare vae-celeba64-seed002 --root ../shared/data/celeba
+  genlab data download cifar10 --root ~/data
+
+SOURCE is a data source (digits, folder, celeba, cifar10) or a preset, whose data section is used.
+key=value sets data keys (size=64 or data.size=64); `genlab train` prepares what it needs itself.
 """
 
 PRESETS_EXAMPLES = """\
@@ -106,6 +118,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="last", help="last | best (default: last)")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     _common(p)
+
+    p = sub.add_parser("data", help="inspect, prepare and download data sets",
+                       description="Inspect, prepare (decode once into the cache) and download data sets.",
+                       epilog=DATA_EXAMPLES, formatter_class=fmt)
+    data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    for action, text in (("info", "counts per split, image size and mode, cache state"),
+                         ("prepare", "decode every image once into the cache")):
+        q = data_sub.add_parser(action, help=text, description=text, epilog=DATA_EXAMPLES, formatter_class=fmt)
+        q.add_argument("source", metavar="SOURCE", help="digits | folder | celeba | cifar10, or a preset name")
+        q.add_argument("overrides", nargs="*", metavar="key=value", help="data keys, e.g. size=64 crop=148")
+        q.add_argument("--root", help="the data set's folder (sets data.root)")
+        q.add_argument("--strict", action="store_true", help="unusable images are an error instead of skipped")
+        if action == "prepare":
+            q.add_argument("--force", action="store_true", help="rebuild the cache even if it exists")
+        _common(q, device=False)
+    q = data_sub.add_parser("download", help="download celeba or cifar10 from the official sources",
+                            description="Download a data set from its official source and verify checksums.",
+                            epilog=DATA_EXAMPLES, formatter_class=fmt)
+    q.add_argument("dataset", choices=("celeba", "cifar10"))
+    q.add_argument("--root", type=Path, required=True, help="folder to download into")
+    _common(q, device=False)
 
     p = sub.add_parser("presets", help="list the shipped presets", description="List the shipped presets, one line each.",
                        epilog=PRESETS_EXAMPLES, formatter_class=fmt)
@@ -229,6 +262,98 @@ def cmd_reconstruct(args) -> int:
     return 0
 
 
+def _data_config(args):
+    """DataConfig from SOURCE (a source or a preset), --root, --strict and data key=value overrides."""
+    from genlab.config import apply_overrides, load_preset, resolve_config
+    from genlab.data import SOURCES
+
+    if args.source in SOURCES:
+        raw = {"data": {"source": args.source}}
+    else:
+        raw = load_preset(args.source)
+        raw = {"data": dict(raw.get("data") or {})}
+    overrides = [o if o.startswith("data.") else f"data.{o}" for o in args.overrides]
+    if args.root is not None:
+        overrides.append(f"data.root={args.root}")
+    if args.strict:
+        overrides.append("data.strict=true")
+    return resolve_config(apply_overrides(raw, overrides)).data
+
+
+def cmd_data(args) -> int:
+    if args.data_command == "download":
+        from genlab.data.download import DOWNLOADS
+
+        path = DOWNLOADS[args.dataset](args.root.expanduser())
+        print(f"{args.dataset} is ready in {path}")
+        return 0
+    from genlab.data import prepare
+    from genlab.data.cache import read_meta
+
+    cfg = _data_config(args)
+    if args.data_command == "prepare":
+        path = prepare(cfg, force=args.force)
+        meta = read_meta(path)
+        counts = ", ".join(f"{k} {v}" for k, v in meta["counts"].items())
+        print(f"{meta['name']}: {counts}; {len(meta['skipped'])} skipped; cache {path}")
+        return 0
+    return data_info(cfg)
+
+
+def data_info(cfg) -> int:
+    from collections import Counter
+
+    from genlab.data.cache import CACHE_FORMAT, cache_path, list_catalog, read_meta
+    from genlab.data.splits import SPLITS, assign_splits
+
+    catalog = list_catalog(cfg)
+    splits = assign_splits(catalog, cfg)
+    scheme = "official" if cfg.split == "official" or (cfg.split == "auto" and catalog.has_official_split) else "random"
+    print(f"source   {cfg.source}" + (f" ({cfg.root})" if cfg.root else ""))
+    print(f"items    {len(catalog)}")
+    for note in catalog.notes:
+        print(f"note     {note}")
+    print(f"splits   {', '.join(f'{s} {len(splits[s])}' for s in SPLITS)} ({scheme}"
+          + (f", seed {cfg.split_seed}" if scheme == "random" or catalog.official.count('val') == 0 else "") + ")")
+    if cfg.num_parts > 1:
+        print(f"parts    train cut into {cfg.num_parts} equal parts of {len(splits['train']) // cfg.num_parts}; using part {cfg.part}")
+    sizes, modes, failed = Counter(), Counter(), 0
+    step = max(1, len(catalog) // 50)
+    for i in range(0, len(catalog), step):  # up to 50 items spread over the set
+        try:
+            raw = catalog.decode(i)
+        except Exception:
+            failed += 1
+            continue
+        if hasattr(raw, "mode"):
+            sizes[f"{raw.size[0]}x{raw.size[1]}"] += 1
+            modes[raw.mode] += 1
+        else:
+            sizes[f"{raw.shape[1]}x{raw.shape[0]}"] += 1
+            modes["L" if raw.ndim == 2 else "RGB"] += 1
+    looked = sum(sizes.values()) + failed
+    print(f"images   {', '.join(f'{k} ({v})' for k, v in sizes.most_common(3))}; modes "
+          f"{', '.join(f'{k} ({v})' for k, v in modes.most_common())}" + (f"; {failed} unreadable" if failed else "")
+          + f" - of {looked} sampled")
+    if catalog.labels is not None:
+        print(f"labels   {len(set(catalog.labels))} classes" + (f": {', '.join(catalog.label_names[:10])}"
+                                                                 if 0 < len(catalog.label_names) <= 10 else ""))
+    if catalog.attributes is not None:
+        print(f"attrs    {len(catalog.attribute_names)} attributes")
+    print(f"output   {cfg.size}x{cfg.size}, {cfg.channels} channel(s), crop {cfg.crop or 'largest centred square'}, "
+          f"filter {cfg.resize_filter}")
+    path = cache_path(cfg, catalog)
+    meta = read_meta(path)
+    if meta is None:
+        print(f"cache    not prepared (would be {path})")
+    elif meta.get("format") != CACHE_FORMAT:
+        print(f"cache    {path} is of another format ({meta.get('format')}); it will be rebuilt")
+    else:
+        print(f"cache    ready at {path} ({', '.join(f'{k} {v}' for k, v in meta['counts'].items())}; "
+              f"{len(meta['skipped'])} skipped; prepared in {meta['prepare_seconds']} s)")
+    return 0
+
+
 def cmd_presets(args) -> int:
     from genlab.config import load_preset, preset_names
 
@@ -240,12 +365,19 @@ def cmd_presets(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "reconstruct": cmd_reconstruct, "presets": cmd_presets}
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "reconstruct": cmd_reconstruct, "data": cmd_data,
+            "presets": cmd_presets}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # key=value overrides may stand anywhere on the line, also after options such as --root DIR.
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     if args.command is None:
         parser.print_help()
         return 2

@@ -28,16 +28,39 @@ from genlab.errors import GenlabError
 
 
 @dataclass
+class AugmentConfig:
+    """Augmentations of real training batches, run on whole batches on the training device (seed 000's set)."""
+
+    hflip: bool = False  # mirror a random half of the images left-right
+    rotate: float = 0.0  # random rotation, uniform in [-rotate, +rotate] degrees (seed 000: 10)
+    blur_sigma: float = 0.0  # Gaussian blur with sigma uniform in [0.1, blur_sigma] pixels; 0 = off
+    blur_p: float = 0.5  # share of images blurred when blur_sigma > 0
+    color_jitter: float = 0.0  # brightness, contrast and saturation each scaled by U(1 - j, 1 + j); 0 = off
+
+
+@dataclass
 class DataConfig:
-    source: str = "digits"  # data source (registry name): digits (embedded, never downloaded) | folder
-    root: str | None = None  # folder of images for source=folder; searched recursively
-    size: int = 32  # side of the square images the model sees, in pixels (32 or 64)
-    channels: int = 1  # 1 = grayscale, 3 = RGB; every image is converted to this, never guessed per file
-    crop: int | None = None  # centre-crop side in source pixels before resizing; null = largest centred square
-    resize_filter: str = "bicubic"  # PIL filter for resizing folder images: nearest | bilinear | bicubic | lanczos
-    val_fraction: float = 0.1  # share of the images held out for validation (0 disables validation)
-    split_seed: int = 42  # seed of the train/validation split, independent of the training seed
-    limit: int | None = None  # use only the first N images of the source (quick experiments, tests)
+    source: str = "digits"  # digits (embedded, never downloaded) | folder | celeba | cifar10
+    root: str | None = None  # where the source's files are (its own layout; see the README)
+    size: int | None = None  # side of the square images the model sees, in pixels; null = the source's
+    #                          default (digits 32, cifar10 32, celeba 64, folder 64)
+    channels: int | None = None  # 1 = grayscale, 3 = RGB; every image is converted to this, never guessed
+    #                              per file; null = the source's default (digits 1, others 3)
+    crop: int | None = None  # centre-crop side in source pixels before resizing; null = largest centred
+    #                          square (celeba: 148, see genlab/data/sources.py for why)
+    resize_filter: str = "bicubic"  # PIL filter for resizing: nearest | bilinear | bicubic | lanczos
+    split: str = "auto"  # auto (official when the source has one, else random) | official | random
+    val_fraction: float = 0.1  # validation share: of all images (random), or of the official train split
+    #                            when the source has no official validation split (cifar10, folders)
+    test_fraction: float = 0.0  # test share of all images (random split only)
+    split_seed: int = 42  # seed of the split, independent of the training seed
+    num_parts: int = 1  # seed 000's multi-split: cut the train split into this many equal disjoint parts
+    part: int = 0  # which part this run trains on (seed 000's split_id), 0 <= part < num_parts
+    limit: int | None = None  # use only the first N images of the source, in sorted order (quick runs, tests)
+    strict: bool = False  # a corrupt, unreadable or too-small image is an error instead of skipped
+    cache_dir: str | None = None  # where prepared data is cached; null = $GENLAB_CACHE or ~/.cache/genlab
+    workers: int = 0  # processes decoding images when preparing; 0 = one per CPU core
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
@@ -248,13 +271,29 @@ def validate_config(cfg: Config) -> None:
 
     if cfg.data.source not in SOURCES:
         check_choice("data.source", cfg.data.source, tuple(SOURCES.names()))
+    from genlab.data.sources import apply_source_defaults
+
+    apply_source_defaults(cfg.data)  # the resolved config (and --dry-run) states every choice
     check_choice("data.channels", str(cfg.data.channels), ("1", "3"))
     check_choice("data.resize_filter", cfg.data.resize_filter, ("nearest", "bilinear", "bicubic", "lanczos"))
     check_choice("train.precision", cfg.train.precision, ("auto", "bf16", "fp32"))
     if cfg.data.size < 8 or cfg.data.size & (cfg.data.size - 1):
         raise GenlabError(f"config key 'data.size' must be a power of two >= 8 (32 or 64), got {cfg.data.size}")
-    if not 0.0 <= cfg.data.val_fraction < 1.0:
-        raise GenlabError(f"config key 'data.val_fraction' must be in [0, 1), got {cfg.data.val_fraction}")
+    check_choice("data.split", cfg.data.split, ("auto", "official", "random"))
+    for key in ("val_fraction", "test_fraction"):
+        if not 0.0 <= getattr(cfg.data, key) < 1.0:
+            raise GenlabError(f"config key 'data.{key}' must be in [0, 1), got {getattr(cfg.data, key)}")
+    if cfg.data.val_fraction + cfg.data.test_fraction >= 1.0:
+        raise GenlabError("data.val_fraction + data.test_fraction must leave some images for training")
+    check_positive("data.num_parts", cfg.data.num_parts)
+    if not 0 <= cfg.data.part < cfg.data.num_parts:
+        raise GenlabError(f"config key 'data.part' must be in [0, {cfg.data.num_parts}), got {cfg.data.part}")
+    check_positive("data.workers", cfg.data.workers, allow_zero=True)
+    aug = cfg.data.augment
+    for key in ("rotate", "blur_sigma", "color_jitter"):
+        check_positive(f"data.augment.{key}", getattr(aug, key), allow_zero=True)
+    if not 0.0 <= aug.blur_p <= 1.0 or aug.color_jitter >= 1.0:
+        raise GenlabError("data.augment.blur_p must be in [0, 1] and data.augment.color_jitter below 1")
     for key in ("batch_size", "epochs", "log_every", "num_samples"):
         check_positive(f"train.{key}", getattr(cfg.train, key))
     for key in ("max_steps", "patience"):

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from genlab.config import check_choice, check_positive
+from genlab.data.augment import diff_augment, parse_policy
 from genlab.errors import GenlabError
 from genlab.losses.gan import GAN_LOSSES
 from genlab.methods import METHODS
@@ -27,6 +28,7 @@ class GANConfig:
     lr_g: float = 2e-4  # generator learning rate (DCGAN: 0.0002)
     lr_d: float = 2e-4  # discriminator learning rate (TTUR uses a larger one here)
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])  # Adam; DCGAN: beta1 = 0.5
+    diffaugment: str = ""  # DiffAugment policies for real and fake images, e.g. "color,translation,cutout"
 
     def validate(self) -> None:
         check_positive("model.latent_dim", self.latent_dim)
@@ -34,6 +36,7 @@ class GANConfig:
         check_positive("model.lr_g", self.lr_g)
         check_positive("model.lr_d", self.lr_d)
         check_choice("model.loss", self.loss, tuple(GAN_LOSSES))
+        parse_policy(self.diffaugment)
         if not 0 <= self.d_dropout < 1:
             raise GenlabError(f"config key 'model.d_dropout' must be in [0, 1), got {self.d_dropout}")
         if len(self.betas) != 2:
@@ -61,6 +64,12 @@ class GANMethod(Method):
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_g, betas=tuple(cfg.betas))
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr_d, betas=tuple(cfg.betas))
         self.d_loss, self.g_loss = GAN_LOSSES[cfg.loss]
+        self.policy = parse_policy(cfg.diffaugment)
+
+    def discriminate(self, images: torch.Tensor) -> torch.Tensor:
+        """D's logits, after DiffAugment when configured: the same random augmentation family for real
+        and generated images (Zhao et al. 2020, eq. 4-5), differentiable so G learns through it."""
+        return self.discriminator(diff_augment(images, self.policy) if self.policy else images)
 
     def networks(self):
         return {"generator": self.generator, "discriminator": self.discriminator}
@@ -76,15 +85,15 @@ class GANMethod(Method):
         fake = self.generator(z)
 
         # 1. Discriminator: real batch and (detached) fake batch, as in Radford et al.'s training.
-        real_logits = self.discriminator(x)
-        fake_logits = self.discriminator(fake.detach())
+        real_logits = self.discriminate(x)
+        fake_logits = self.discriminate(fake.detach())
         loss_d = self.d_loss(real_logits, fake_logits, self.cfg.real_label).mean()
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
 
         # 2. Generator: through the just-updated discriminator.
-        gen_logits = self.discriminator(fake)
+        gen_logits = self.discriminate(fake)
         loss_g = self.g_loss(gen_logits).mean()
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from genlab.config import Config, config_to_yaml
 from genlab.data import ImageSplits, build_dataset, to_model_range, to_uint8
+from genlab.data.augment import BatchAugment
 from genlab.errors import GenlabError
 from genlab.methods import METHODS
 from genlab.methods.base import Method
@@ -128,6 +129,18 @@ class Trainer:
         self.steps_per_epoch = n // self.batch_size  # the incomplete last batch is dropped (BatchNorm)
 
     # -- helpers ------------------------------------------------------------------------------
+    def _place(self, images: torch.Tensor) -> torch.Tensor:
+        """The whole uint8 training split on the device when it fits in half the free memory, so
+        batches are gathered there; otherwise it stays memory-mapped on the host (pinned batches)."""
+        if self.device.type != "cuda":
+            return images
+        free, _ = torch.cuda.mem_get_info(self.device)
+        nbytes = images.numel() * images.element_size()
+        if nbytes < free // 2:
+            return images.to(self.device)
+        log.info("training images (%.1f GB) stay on the host: the GPU has %.1f GB free", nbytes / 1e9, free / 1e9)
+        return images
+
     def _save(self, which: str) -> None:
         save_checkpoint(checkpoint_path(self.run_dir, which), self.cfg, self.data.image_shape,
                         self.method.state_dict(), dataclasses.asdict(self.progress))
@@ -214,7 +227,8 @@ class Trainer:
         if cfg.max_steps is not None:
             total_steps = min(total_steps, cfg.max_steps)
         # The whole (uint8) training split lives on the device; batches are gathered there.
-        train_images = self.data.train.to(self.device)
+        train_images = self._place(self.data.train)
+        augment = BatchAugment(self.cfg.data.augment)
         log.info("training %s on %s: %d images, batch %d, %d steps per epoch, %d epochs, device %s",
                  self.cfg.method, self.data.name, len(self.data.train), self.batch_size, self.steps_per_epoch,
                  cfg.epochs, self.device)
@@ -248,13 +262,15 @@ class Trainer:
         try:
             while p.epoch < cfg.epochs and stop_reason is None:
                 bar.set_description(f"epoch {p.epoch + 1}/{cfg.epochs}")
-                order = epoch_permutation(len(train_images), cfg.seed, p.epoch).to(self.device)
+                order = epoch_permutation(len(train_images), cfg.seed, p.epoch).to(train_images.device)
                 while p.batch < self.steps_per_epoch and stop_reason is None:
                     if cfg.max_steps is not None and p.step >= cfg.max_steps:
                         stop_reason = "max_steps"
                         break
                     index = order[p.batch * self.batch_size : (p.batch + 1) * self.batch_size]
-                    x = to_model_range(train_images[index])
+                    x = to_model_range(train_images[index].to(self.device, non_blocking=True))
+                    if augment.active:
+                        x = augment(x)
                     with autocast(cfg.precision, self.device):
                         stats = self.method.train_step(x)
                     for k, v in stats.items():
