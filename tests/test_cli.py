@@ -266,3 +266,69 @@ def test_full_disk_keeps_the_last_checkpoint(cli, tiny_run, monkeypatch):
     assert_one_line_error(code, err, "could not write checkpoint", "last.pt", "No space left on device")
     assert last.read_bytes() == before
     assert not list(last.parent.glob("*.tmp"))
+
+
+# --------------------------------------------------------------------------- data commands
+
+
+def test_data_info_prepare_and_train_from_the_cache(cli, tmp_path, shared_data):
+    code, out, err = cli("data", "info", "folder", "--root", shared_data / "ckplus48", "channels=1", "size=16")
+    assert code == 0, err
+    assert "items    981" in out and "splits   train" in out and "48x48" in out and "modes L" in out
+    assert "7 classes" in out and "not prepared" in out
+    code, out, err = cli("data", "prepare", "folder", "--root", shared_data / "ckplus48", "channels=1", "size=16")
+    assert code == 0, err
+    assert "ckplus48: train 895, val 86" in out and "0 skipped" in out
+    code, out, _ = cli("data", "info", "folder", "--root", shared_data / "ckplus48", "channels=1", "size=16")
+    assert "cache    ready at" in out
+    runs = tmp_path / "runs"
+    code, _, err = cli("train", "tiny-vae", "data.source=folder", f"data.root={shared_data / 'ckplus48'}",
+                       "data.limit=null", "data.val_fraction=0.1", "train.epochs=1", "--runs-dir", runs, "--quiet")
+    assert code == 0, err
+    assert "using cache" in err
+    assert only_run(runs).name == "00000-tiny-vae-ckplus48"
+
+
+def test_data_prepare_from_a_preset(cli, tmp_path):
+    code, out, err = cli("data", "prepare", "tiny-vae")
+    assert code == 0, err
+    assert out.startswith("digits: train 1")
+
+
+def test_data_prepare_strict_on_a_bad_file(cli, tmp_path):
+    (tmp_path / "imgs").mkdir()
+    Image.new("L", (20, 20)).save(tmp_path / "imgs" / "ok.png")
+    (tmp_path / "imgs" / "bad.png").write_bytes(b"nope")
+    code, out, err = cli("data", "prepare", "folder", "--root", tmp_path / "imgs", "size=8")
+    assert code == 0 and "1 skipped" in out and "skipped bad.png" in err
+    code, _, err = cli("data", "prepare", "folder", "--root", tmp_path / "imgs", "size=16", "--strict")
+    assert_one_line_error(code, err, "bad.png")
+
+
+def test_data_download_offline(cli, tmp_path, monkeypatch):
+    from genlab.data import download
+
+    monkeypatch.setattr(download, "_reachable", lambda url: "host is not reachable (no network)")
+    code, _, err = cli("data", "download", "cifar10", "--root", tmp_path)
+    assert_one_line_error(code, err, "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a", str(tmp_path))
+
+
+def test_data_bad_key_and_missing_root(cli, tmp_path):
+    code, _, err = cli("data", "prepare", "celeba", "sise=64", "--root", tmp_path)
+    assert_one_line_error(code, err, "data.sise", "data.size")
+    code, _, err = cli("data", "info", "celeba", "--root", tmp_path / "none")
+    assert_one_line_error(code, err, "no such folder")
+    code, _, err = cli("data", "info", "celeba", "--root", tmp_path)
+    assert_one_line_error(code, err, "no img_align_celeba/ folder")
+
+
+def test_training_with_augmentation_and_diffaugment(cli, tmp_path):
+    runs = tmp_path / "runs"
+    code, _, err = cli("train", "tiny-vae", "train.epochs=1", "data.augment.hflip=true", "data.augment.rotate=10",
+                       "data.augment.blur_sigma=1.0", "data.augment.color_jitter=0.2", "--runs-dir", runs, "--quiet")
+    assert code == 0, err
+    code, _, err = cli("train", "tiny-dcgan", "train.epochs=1", "model.diffaugment=color,translation,cutout",
+                       "--runs-dir", runs, "--quiet")
+    assert code == 0, err
+    code, _, err = cli("train", "tiny-dcgan", "model.diffaugment=colour", "--runs-dir", runs)
+    assert_one_line_error(code, err, "unknown policy 'colour'")
