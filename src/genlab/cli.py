@@ -1,4 +1,4 @@
-"""The ``genlab`` command: train | sample | reconstruct | data | presets.
+"""The ``genlab`` command: train | sample | reconstruct | eval | data | presets.
 
 Bad input (a wrong path, an unknown key, a checkpoint of another model) ends with one line on
 stderr naming what and where, and exit code 2; ``--debug`` shows the traceback instead.
@@ -65,6 +65,18 @@ SOURCE is a data source (digits, folder, celeba, cifar10) or a preset, whose dat
 key=value sets data keys (size=64 or data.size=64); `genlab train` prepares what it needs itself.
 """
 
+EVAL_EXAMPLES = """\
+examples:
+  genlab eval runs/00000-quickstart-digits --metrics swd,msssim,nn,recon,bpd --n 2000
+  genlab eval runs/00003-dcgan-celeba64-celeba --metrics fid,kid,is,pr --inception-weights weights-inception-2015-12-05-6726825d.pth
+  genlab eval --real celeba --root ../shared/data/celeba --fake samples.npz --metrics swd,msssim
+  genlab eval runs/00000-quickstart-digits --metrics swd --n 1000 --json > result.json
+
+Metrics: fid kid is pr (Inception, torch-fidelity), ppl (LPIPS), swd, msssim (diversity), nn
+(nearest training image), recon (mse, psnr, ssim), bpd (bits per dimension). Results are added to
+the run's metrics.json, each with its protocol. --json prints only JSON on stdout.
+"""
+
 PRESETS_EXAMPLES = """\
 examples:
   genlab presets
@@ -117,6 +129,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("val", "train"), default="val", help="which split to take images from (default: val)")
     p.add_argument("--checkpoint", default="last", help="last | best (default: last)")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    _common(p)
+
+    p = sub.add_parser("eval", help="evaluate a run (or a folder of images) under one protocol",
+                       description="Evaluate a trained run, or any images against a data set, under one protocol.",
+                       epilog=EVAL_EXAMPLES, formatter_class=fmt)
+    p.add_argument("run", type=Path, nargs="?", metavar="RUN_DIR", help="run directory or checkpoint file")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="data keys for --real (size=64 ...)")
+    p.add_argument("--metrics", default=None, help="comma-separated (default: all that apply)")
+    p.add_argument("--n", type=int, default=50_000, help="generated images (default: 50000, the FID protocol)")
+    p.add_argument("--split", choices=("train", "val", "test"), default=None,
+                   help="reference split (default train) and held-out split for recon/bpd (default test, else val)")
+    p.add_argument("--checkpoint", default="last", help="last | best (default: last)")
+    p.add_argument("--real", metavar="SOURCE", help="score --fake images against this data source or preset")
+    p.add_argument("--root", help="data root for --real")
+    p.add_argument("--fake", type=Path, metavar="DIR_OR_NPZ", help="images to score: a folder or an .npz with 'images'")
+    p.add_argument("--extractor", default="inception-v3-compat", help="inception-v3-compat | random-standin")
+    p.add_argument("--inception-weights", metavar="FILE", help="a local copy of the Inception weights")
+    p.add_argument("--iw-samples", type=int, default=64, help="k of the importance-weighted bound for bpd (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="first sample seed (default 0)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--json", action="store_true", help="print only JSON on stdout")
     _common(p)
 
     p = sub.add_parser("data", help="inspect, prepare and download data sets",
@@ -354,6 +387,92 @@ def data_info(cfg) -> int:
     return 0
 
 
+def _load_fake_images(path: Path, channels: int, size: int):
+    """Images to score: an .npz (key 'images', uint8 N x C x H x W) or a folder, as a uint8 tensor."""
+    import numpy as np
+    import torch
+
+    if not path.exists():
+        raise GenlabError(f"--fake: no such file or folder: {path}")
+    if path.suffix == ".npz":
+        try:
+            images = np.load(path)["images"]
+        except Exception as e:
+            raise GenlabError(f"--fake {path}: not an .npz with an 'images' array ({e})") from e
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise GenlabError(f"--fake {path}: 'images' must be uint8 (N, C, H, W), got {images.dtype} {images.shape}")
+        return torch.from_numpy(images)
+    from genlab.config import DataConfig
+    from genlab.data import load_dataset
+
+    data = load_dataset(DataConfig(source="folder", root=str(path), size=size, channels=channels,
+                                   val_fraction=0.0, split="random"))
+    return data.train
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    import torch
+
+    from genlab.data import build_dataset
+    from genlab.metrics.evaluate import ALL_METRICS, INCEPTION_METRICS, OFFLINE_METRICS, EvalSettings, Evaluator, parse_metrics
+    from genlab.train.loop import resolve_device
+    from genlab.train.rundir import update_json
+
+    if args.n < 1:
+        raise GenlabError(f"--n must be at least 1, got {args.n}")
+    device = resolve_device(args.device)
+    settings = EvalSettings(n=args.n, split=args.split, extractor=args.extractor, inception_weights=args.inception_weights,
+                            batch_size=args.batch_size, seed=args.seed, iw_samples=args.iw_samples)
+    from genlab.metrics.features import EXTRACTORS
+
+    EXTRACTORS.get(args.extractor)  # an unknown name fails here, before any work
+    if args.real is not None or args.fake is not None:
+        if args.real is None or args.fake is None or args.run is not None:
+            raise GenlabError("scoring images needs both --real SOURCE and --fake DIR_OR_NPZ, and no RUN_DIR")
+        args.source, args.strict = args.real, False
+        data_cfg = _data_config(args)
+        metrics = parse_metrics(args.metrics or ",".join(INCEPTION_METRICS + OFFLINE_METRICS))
+        model_only = [m for m in metrics if m not in INCEPTION_METRICS + OFFLINE_METRICS]
+        if model_only:
+            raise GenlabError(f"{', '.join(model_only)} need a model; give a RUN_DIR instead of --fake")
+        data = build_dataset(data_cfg)
+        fake = _load_fake_images(args.fake, data_cfg.channels, data_cfg.size)
+        evaluator = Evaluator(data, data_cfg, settings, device)
+        results = evaluator.score_images(fake, metrics, f"{len(fake)} images from {args.fake}")
+    else:
+        if args.run is None:
+            raise GenlabError("give a RUN_DIR, or --real SOURCE --fake DIR_OR_NPZ")
+        if args.overrides:
+            raise GenlabError(f"unexpected {' '.join(args.overrides)}: data keys only go with --real")
+        from genlab.train.checkpoint import build_method_from_checkpoint
+        from genlab.train.rundir import find_checkpoint
+
+        path = find_checkpoint(args.run, args.checkpoint)
+        method, cfg, payload = build_method_from_checkpoint(path, device)
+        default = [m for m in ALL_METRICS if m != "ppl" and (m != "recon" or method.has_encoder)
+                   and (m != "bpd" or cfg.method == "vae")]
+        metrics = parse_metrics(args.metrics or default)
+        data = build_dataset(cfg.data)
+        evaluator = Evaluator(data, cfg.data, settings, device)
+        label = f"{cfg.method} {path.name} at step {payload['progress']['step']}"
+        results, _ = evaluator.score_method(method, metrics, label)
+        for r in results.values():
+            r.update({"checkpoint": path.name, "step": payload["progress"]["step"]})
+        if args.run.is_dir():
+            metrics_file = args.run / "metrics.json"
+            existing = json.loads(metrics_file.read_text()).get("eval", {}) if metrics_file.exists() else {}
+            update_json(metrics_file, {"eval": existing | results})
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for name, r in results.items():
+            extra = f" ± {r['std']:.4g}" if "std" in r else ""
+            print(f"{name:<10} {r['value']:.6g}{extra}\n           [{r['protocol']}]")
+    return 0
+
+
 def cmd_presets(args) -> int:
     from genlab.config import load_preset, preset_names
 
@@ -365,7 +484,7 @@ def cmd_presets(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "reconstruct": cmd_reconstruct, "data": cmd_data,
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "reconstruct": cmd_reconstruct, "eval": cmd_eval, "data": cmd_data,
             "presets": cmd_presets}
 
 

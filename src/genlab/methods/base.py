@@ -60,6 +60,13 @@ class Method:
     def latent_shape(self) -> tuple[int, ...]:
         raise NotImplementedError
 
+    def log_likelihood(self, x: torch.Tensor, k: int, calibration: torch.Tensor) -> tuple[torch.Tensor, str]:
+        """Per-image log-density (nats) of continuous images ``x`` in [-1, 1], and a description of
+        how it was obtained ("exact", or the bound used). Families with an exact likelihood (flows)
+        return it and ignore ``k``; ``calibration`` holds training images in [-1, 1] for families
+        that must fit a decoder scale first."""
+        raise GenlabError(f"method {self.name!r} has no likelihood, so bits per dimension are undefined for it")
+
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] -> reconstructions in [-1, 1] (families with an encoder)."""
         raise GenlabError(f"method {self.name!r} has no encoder, so it cannot reconstruct")

@@ -1,0 +1,271 @@
+"""One evaluation protocol for every family.
+
+images (uint8) -> features -> statistics -> metric, and every number is stored with a protocol
+string that names the data set, split, crop, size, filter, flip, feature extractor and sample
+counts, so two numbers can be compared only when their protocols match. Generated images are
+always quantised to uint8 before anything sees them, as stored images would be (the
+TensorFlow-exact FID protocol that torch-fidelity keeps). Features of the real images are cached
+under a key naming all of that, and written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from genlab.config import DataConfig
+from genlab.data.cache import ImageSplits, cache_root
+from genlab.data.convert import to_model_range, to_uint8
+from genlab.errors import GenlabError
+from genlab.metrics import fidelity, image, swd
+from genlab.metrics.features import DESCRIPTIONS, EXTRACTORS, LOGITS, POOL, extract
+
+log = logging.getLogger("genlab")
+
+INCEPTION_METRICS = ("fid", "kid", "is", "pr")
+OFFLINE_METRICS = ("swd", "msssim", "nn")
+MODEL_METRICS = ("recon", "bpd", "ppl")  # need the model itself, not only its samples
+ALIASES = {"mse": "recon", "psnr": "recon", "ssim": "recon", "precision": "pr", "recall": "pr",
+           "memorization": "nn", "diversity": "msssim"}
+ALL_METRICS = INCEPTION_METRICS + OFFLINE_METRICS + MODEL_METRICS
+HIGHER_IS_BETTER = {"is", "precision", "recall", "f_score", "psnr", "ssim"}
+FEATURE_CACHE_FORMAT = 1
+PROTOCOL_N = 50_000  # the sample count of the standard FID protocol
+
+
+@dataclass
+class EvalSettings:
+    metrics: list[str] = field(default_factory=lambda: list(INCEPTION_METRICS + OFFLINE_METRICS))
+    n: int = PROTOCOL_N  # generated images for the sample-based metrics
+    split: str | None = None  # reference split (default: train) / held-out split (default: test, else val)
+    extractor: str = "inception-v3-compat"
+    inception_weights: str | None = None
+    batch_size: int = 256
+    seed: int = 0  # first sample seed; image i uses seed + i
+    iw_samples: int = 64  # k of the importance-weighted bound for bits per dimension
+    swd_images: int = 4096  # at most this many images per side for SWD
+    pairs: int = 2000  # random pairs for the MS-SSIM diversity score
+    nn_samples: int = 1000  # samples checked against the training set for memorisation
+    ppl_similarity: str = "lpips-vgg16"  # the image distance of PPL
+
+
+def parse_metrics(text: str | list[str]) -> list[str]:
+    names = text.split(",") if isinstance(text, str) else list(text)
+    out = []
+    for name in (n.strip().lower() for n in names if n.strip()):
+        name = ALIASES.get(name, name)
+        if name not in ALL_METRICS:
+            import difflib
+
+            near = difflib.get_close_matches(name, ALL_METRICS + tuple(ALIASES), n=1)
+            raise GenlabError(f"unknown metric {name!r}" + (f"; did you mean {near[0]!r}?" if near else "")
+                              + f" (choices: {', '.join(ALL_METRICS)})")
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def data_protocol(cfg: DataConfig, name: str, split: str, count: int) -> str:
+    scheme = cfg.split
+    crop = f"crop {cfg.crop}" if cfg.crop else "largest centred square"
+    part = f", part {cfg.part}/{cfg.num_parts}" if cfg.num_parts > 1 else ""
+    return (f"{name} {split} split ({scheme}, seed {cfg.split_seed}{part}), {count} images, {crop}, "
+            f"{cfg.size}x{cfg.size} {cfg.resize_filter}, {cfg.channels} ch, no flip")
+
+
+def _atomic_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise GenlabError(f"could not write {path}: {e.strerror or e}") from e
+
+
+class Evaluator:
+    """Scores images, or a model, against one real data set under one protocol."""
+
+    def __init__(self, data: ImageSplits, data_cfg: DataConfig, settings: EvalSettings, device: torch.device):
+        self.data, self.cfg, self.s, self.device = data, data_cfg, settings, device
+        self._extractor = None
+
+    # -- real data ---------------------------------------------------------------------------
+    def split_images(self, split: str) -> torch.Tensor:
+        images = {"train": self.data.train, "val": self.data.val, "test": self.data.test}[split]
+        if images is None or len(images) == 0:
+            raise GenlabError(f"the {self.data.name} data has no {split} split here; choose --split "
+                              + " or ".join(s for s in ("train", "val", "test")
+                                            if getattr(self.data, s) is not None and len(getattr(self.data, s))))
+        return images
+
+    def reference_split(self) -> str:
+        return self.s.split or "train"
+
+    def heldout_split(self) -> str:
+        if self.s.split:
+            return self.s.split
+        return "test" if self.data.test is not None and len(self.data.test) else "val"
+
+    def extractor(self):
+        if self._extractor is None:
+            self._extractor = EXTRACTORS.get(self.s.extractor)(self.s.inception_weights)
+        return self._extractor
+
+    def feature_key(self, split: str, count: int) -> dict:
+        return {"data": self.data.cache_dir.name if self.data.cache_dir else self.data.name, "split": split,
+                "count": count, "flip": False, "extractor": self.s.extractor, "layers": [POOL, LOGITS],
+                "format": FEATURE_CACHE_FORMAT}
+
+    def reference_features(self, split: str) -> dict[str, torch.Tensor]:
+        """Features of every image of ``split``, from the cache when its key matches exactly."""
+        images = self.split_images(split)
+        key = self.feature_key(split, len(images))
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        path = cache_root(self.cfg) / "features" / f"{self.s.extractor}-{digest}.pt"
+        if path.is_file():
+            try:
+                stored = torch.load(path, map_location="cpu", weights_only=True)
+                if stored.get("key") == key:
+                    log.info("reference features: cache hit %s", path)
+                    return {k: v.double() for k, v in stored["features"].items()}
+            except Exception:
+                log.warning("reference features at %s are unreadable; recomputing", path)
+        log.info("reference features: extracting %d %s images (%s)", len(images), split, self.s.extractor)
+        features = extract(self.extractor(), images, self.device, self.s.batch_size)
+        _atomic_save({"key": key, "features": {k: v.float() for k, v in features.items()}}, path)
+        return features
+
+    # -- scoring -------------------------------------------------------------------------------
+    def score_images(self, fake: torch.Tensor, metrics: list[str], fake_label: str) -> dict[str, dict]:
+        """Sample-based metrics of uint8 ``fake`` images against the reference split."""
+        results: dict[str, dict] = {}
+        split = self.reference_split()
+        real = self.split_images(split)
+        if fake.shape[1:] != real.shape[1:]:
+            raise GenlabError(f"generated images are {tuple(fake.shape[1:])} but the {self.data.name} data is "
+                              f"{tuple(real.shape[1:])}; compare like with like")
+        real_desc = data_protocol(self.cfg, self.data.name, split, len(real))
+        wanted_inception = [m for m in metrics if m in INCEPTION_METRICS]
+        if wanted_inception:
+            if len(fake) < PROTOCOL_N:
+                log.warning("%d generated images: FID and KID from fewer than %d samples are biased (FID upward); "
+                            "compare only numbers with the same sample count", len(fake), PROTOCOL_N)
+            real_f = self.reference_features(split)
+            fake_f = extract(self.extractor(), fake, self.device, self.s.batch_size)
+            protocol = f"{fake_label} vs {real_desc} | {DESCRIPTIONS[self.s.extractor]} | torch-fidelity"
+            if "fid" in metrics:
+                value = fidelity.frechet_distance(fidelity.statistics(fake_f[POOL]), fidelity.statistics(real_f[POOL]))
+                results["fid"] = {"value": value, "protocol": protocol}
+            if "kid" in metrics:
+                out = fidelity.kid(fake_f[POOL], real_f[POOL])
+                results["kid"] = {"value": out["kid"], "std": out["kid_std"],
+                                  "protocol": f"{protocol}, {fidelity.KID_SUBSETS} subsets of {out['kid_subset_size']}"}
+            if "is" in metrics:
+                out = fidelity.inception_score(fake_f[LOGITS])
+                results["is"] = {"value": out["is"], "std": out["is_std"],
+                                 "protocol": f"{fake_label} | {DESCRIPTIONS[self.s.extractor]}, {fidelity.IS_SPLITS} splits"}
+            if "pr" in metrics:
+                out = fidelity.precision_recall(fake_f[POOL], real_f[POOL])
+                for k in ("precision", "recall"):
+                    results[k] = {"value": out[k], "protocol": f"{protocol}, k={fidelity.PR_NEIGHBOURHOOD}"}
+        if "swd" in metrics:
+            n = min(len(fake), len(real), self.s.swd_images)
+            pick = torch.randperm(len(real), generator=torch.Generator().manual_seed(self.s.seed))[:n]
+            out = swd.sliced_wasserstein_distance(fake[:n], real[pick], seed=self.s.seed)
+            results["swd"] = {"value": out["swd"], "levels": out["swd_levels"], "protocol": (
+                f"{n} of {fake_label} vs {n} random of {real_desc} | Laplacian pyramid to {swd.MIN_LEVEL_SIZE}px, "
+                f"{swd.DESCRIPTORS_PER_IMAGE} 7x7 descriptors/image, {swd.DIRECTIONS} directions, x1e3, mean over levels")}
+        if "msssim" in metrics:
+            pairs = self.s.pairs
+            kernel, betas = image.ms_ssim_setup(fake.shape[-1])
+            results["msssim"] = {
+                "value": image.pairwise_ms_ssim(fake, pairs, self.s.seed),
+                "real": image.pairwise_ms_ssim(real, pairs, self.s.seed),
+                "protocol": f"mean MS-SSIM of {pairs} random pairs within {fake_label} ('real': within {real_desc}); "
+                            f"{len(betas)} scales, {kernel}x{kernel} window (torchmetrics); lower is more diverse"}
+        if "nn" in metrics:
+            train = self.split_images("train")
+            m = min(len(fake), self.s.nn_samples)
+            index, dist = image.nearest_neighbours(fake[:m], train)
+            results["nn"] = {"value": dist.mean().item(), "min": dist.min().item(),
+                             "nearest": index[:64].tolist(), "distances": [round(d, 5) for d in dist[:64].tolist()],
+                             "protocol": f"RMS pixel distance in [0,1] from each of {m} of {fake_label} to its nearest "
+                                         f"of {len(train)} {self.data.name} train images (0 = a copy)"}
+        return results
+
+    def score_method(self, method, metrics: list[str], checkpoint_label: str) -> tuple[dict, torch.Tensor | None]:
+        """Every requested metric for a trained family. Returns results and the generated samples."""
+        results: dict[str, dict] = {}
+        sample_metrics = [m for m in metrics if m in INCEPTION_METRICS + OFFLINE_METRICS]
+        samples = None
+        if sample_metrics:
+            if "fid" in metrics or "kid" in metrics or "is" in metrics or "pr" in metrics:
+                self.extractor()  # fail at once on missing weights, before generating anything
+            method.eval()
+            samples = method.sample(self.s.n, self.s.seed, batch_size=self.s.batch_size)
+            label = f"{self.s.n} samples of {checkpoint_label} (seeds {self.s.seed}..{self.s.seed + self.s.n - 1}, uint8)"
+            results.update(self.score_images(samples, sample_metrics, label))
+        if "recon" in metrics:
+            results.update(self.reconstruction(method))
+        if "bpd" in metrics:
+            results.update(self.bits_per_dim(method))
+        if "ppl" in metrics:
+            from genlab.metrics.ppl import perceptual_path_length
+
+            results.update(perceptual_path_length(method, self.s, self.device, self.s.ppl_similarity))
+        return results, samples
+
+    def reconstruction(self, method) -> dict[str, dict]:
+        if not method.has_encoder:
+            raise GenlabError(f"reconstruction metrics need an encoder; method {method.name!r} has none")
+        split = self.heldout_split()
+        originals = self.split_images(split)[: self.s.n]
+        method.eval()
+        recon = torch.cat([to_uint8(method.reconstruct(to_model_range(originals[i : i + self.s.batch_size].to(self.device)))).cpu()
+                           for i in range(0, len(originals), self.s.batch_size)])
+        per_image = image.reconstruction_metrics(originals, recon)
+        protocol = (f"{len(originals)} images of {data_protocol(self.cfg, self.data.name, split, len(originals))}; "
+                    "posterior-mean reconstruction quantised to uint8; [0,1] units")
+        out = {}
+        for name, values in per_image.items():
+            detail = "SSIM 11x11 Gaussian window (torchmetrics)" if name == "ssim" else "PSNR data range 1" if name == "psnr" else "mean squared error"
+            out[name] = {"value": values.mean().item(), "per_image": [round(v, 6) for v in values[:10].tolist()],
+                         "protocol": f"{protocol}; {detail}; per_image lists the first 10"}
+        return out
+
+    def bits_per_dim(self, method) -> dict[str, dict]:
+        """-log2 p(x) / D on held-out images, with uniform dequantisation: x_c = (x + u) / 256,
+        u ~ U[0, 1)^D, so bpd = (-log p(x_c) + D log 256) / (D log 2) bounds the discrete model."""
+        split = self.heldout_split()
+        images = self.split_images(split)[: self.s.n]
+        calibration = self.split_images("train")[:2048]
+        generator = torch.Generator().manual_seed(self.s.seed)
+        calib = to_model_range(calibration).to(self.device)
+        method.eval()
+        total, how = [], ""
+        d = images[0].numel()
+        for i in range(0, len(images), self.s.batch_size):
+            x = images[i : i + self.s.batch_size].float()
+            u = torch.rand(x.shape, generator=generator)
+            x_model = ((x + u) / 256.0 * 2 - 1).to(self.device)  # dequantised, in the model's [-1, 1]
+            log_p_model, how = method.log_likelihood(x_model, self.s.iw_samples, calib)
+            log_p_unit = log_p_model.cpu().double() + d * math.log(2.0)  # density on [0, 1]: Jacobian of x -> 2x - 1
+            total.append((-log_p_unit + d * math.log(256.0)) / (d * math.log(2.0)))
+        bpd = torch.cat(total)
+        return {"bpd": {"value": bpd.mean().item(), "protocol": (
+            f"{len(images)} images of {data_protocol(self.cfg, self.data.name, split, len(images))}; "
+            f"uniform dequantisation (one draw, seed {self.s.seed}), 8-bit; {how}")}}
+
+
+def flat_values(results: dict[str, dict]) -> dict[str, float]:
+    """{metric: value} for logs and early stopping."""
+    return {k: v["value"] for k, v in results.items() if isinstance(v.get("value"), (int, float))}
