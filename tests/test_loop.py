@@ -151,7 +151,7 @@ def test_early_stopping_and_best_checkpoint(tmp_path):
     run = start_training(resolve_config(raw), tmp_path, CPU, quiet=True)
     metrics = json.loads((run / "metrics.json").read_text())["train"]
     assert metrics["stopped_because"] == "early_stopping"
-    assert metrics["epochs_completed"] == 4 and metrics["best_epoch"] == 2 and metrics["best_val_loss"] == 2.0
+    assert metrics["epochs_completed"] == 4 and metrics["best_epoch"] == 2 and metrics["best_monitored"] == 2.0 and metrics["monitor"] == "val_loss"
     assert load_checkpoint(run / "checkpoints" / "best.pt")["progress"]["epoch"] == 2
     assert load_checkpoint(run / "checkpoints" / "last.pt")["progress"]["epoch"] == 4
 

@@ -428,6 +428,8 @@ def cmd_eval(args) -> int:
     from genlab.metrics.features import EXTRACTORS
 
     EXTRACTORS.get(args.extractor)  # an unknown name fails here, before any work
+    if args.run is not None and "=" in str(args.run) and not args.run.exists():  # `--real digits size=32`
+        args.overrides, args.run = [str(args.run)] + list(args.overrides), None
     if args.real is not None or args.fake is not None:
         if args.real is None or args.fake is None or args.run is not None:
             raise GenlabError("scoring images needs both --real SOURCE and --fake DIR_OR_NPZ, and no RUN_DIR")

@@ -64,11 +64,23 @@ class DataConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Evaluation during training (the same protocol as `genlab eval`)."""
+
+    every: int = 0  # epochs between evaluations; 0 = never during training
+    metrics: list[str] = field(default_factory=lambda: ["fid"])  # any of genlab eval's metrics
+    n: int = 10_000  # generated images per evaluation
+    extractor: str = "inception-v3-compat"  # feature extractor for fid/kid/is/pr (random-standin: tests only)
+    inception_weights: str | None = None  # a local copy of the Inception weights (offline machines)
+
+
+@dataclass
 class TrainConfig:
     batch_size: int = 64  # images per optimisation step (clamped to the training set size)
     epochs: int = 10  # passes over the training split
     max_steps: int | None = None  # stop after this many optimisation steps in total (null = no limit)
-    patience: int | None = None  # epochs without a better validation loss before stopping (null = never)
+    patience: int | None = None  # checks without a better monitored value before stopping (null = never)
+    monitor: str = "val_loss"  # what early stopping and best.pt follow: val_loss, or an eval metric (fid, swd, ...)
     seed: int = 0  # seed of initialisation, data order and training noise
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
     log_every: int = 20  # steps between reading losses back from the device (stats.jsonl, progress)
@@ -84,6 +96,7 @@ class Config:
     method: str = "vae"  # model family (registry name): see `genlab presets` and the README
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     model: Any = None  # the method's own dataclass (VAEConfig, GANConfig, ...)
 
     def to_dict(self) -> dict[str, Any]:
@@ -299,6 +312,17 @@ def validate_config(cfg: Config) -> None:
     for key in ("max_steps", "patience"):
         check_positive(f"train.{key}", getattr(cfg.train, key))
     check_positive("train.checkpoint_every", cfg.train.checkpoint_every, allow_zero=True)
+    check_positive("eval.every", cfg.eval.every, allow_zero=True)
+    check_positive("eval.n", cfg.eval.n)
+    from genlab.metrics.evaluate import ALIASES, parse_metrics
+
+    cfg.eval.metrics = parse_metrics(cfg.eval.metrics)
+    if cfg.train.monitor != "val_loss":
+        metric = ALIASES.get(cfg.train.monitor, cfg.train.monitor)
+        metric = {"precision": "pr", "recall": "pr", "mse": "recon", "psnr": "recon", "ssim": "recon"}.get(cfg.train.monitor, metric)
+        if cfg.eval.every == 0 or metric not in cfg.eval.metrics:
+            raise GenlabError(f"train.monitor={cfg.train.monitor} needs eval.every > 0 and {metric} in eval.metrics "
+                              f"(now every={cfg.eval.every}, metrics={cfg.eval.metrics})")
     check_positive("data.crop", cfg.data.crop)
     check_positive("data.limit", cfg.data.limit)
 

@@ -67,7 +67,7 @@ def nearest_neighbours(samples: torch.Tensor, train: torch.Tensor, batch_size: i
     best_i = torch.zeros(len(s), dtype=torch.long)
     for start in range(0, len(train), batch_size):
         t = _unit(train[start : start + batch_size]).flatten(1)
-        d = torch.cdist(s, t)
+        d = torch.cdist(s, t, compute_mode="donot_use_mm_for_euclid_dist")  # exact: a copy must give 0
         value, index = d.min(1)
         better = value < best_d
         best_d[better], best_i[better] = value[better], index[better] + start

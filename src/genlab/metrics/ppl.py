@@ -8,16 +8,18 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch_fidelity import GenerativeModelModuleWrapper, SampleSimilarityBase, register_sample_similarity
-from torch_fidelity.metric_ppl import KEY_METRIC_PPL_MEAN, KEY_METRIC_PPL_STD, calculate_ppl
+from torch_fidelity.metric_ppl import KEY_METRIC_PPL_RAW, calculate_ppl
 from torch_fidelity.sample_similarity_lpips import URL_VGG16_LPIPS
 
 from genlab.data.convert import to_uint8
 from genlab.errors import GenlabError
 
 EPSILON = 1e-4
+DISCARD = (1, 99)  # percentiles of the distances kept (Karras et al. 2019)
 LPIPS_FILE = Path(URL_VGG16_LPIPS).name
 
 
@@ -75,9 +77,16 @@ def perceptual_path_length(method, settings, device: torch.device, similarity: s
     method.eval()
     (z_size,) = method.latent_shape()
     model = GenerativeModelModuleWrapper(_GeneratorAsUint8(method), z_size, "normal", 0)
-    out = calculate_ppl(model, ppl=True, cuda=device.type == "cuda", batch_size=settings.batch_size,
+    # torch-fidelity returns the raw distances; the 1%/99% discard is done here because its own uses
+    # np.percentile(interpolation=...), which NumPy 2.4 removed (same "lower"/"higher" rule below).
+    out = calculate_ppl(1, input1=model, ppl=True, cuda=device.type == "cuda", batch_size=settings.batch_size,
                         input1_model_num_samples=settings.n, ppl_epsilon=EPSILON, ppl_sample_similarity=similarity,
-                        ppl_z_interp_mode="lerp", rng_seed=settings.seed, verbose=False)
-    return {"ppl": {"value": out[KEY_METRIC_PPL_MEAN], "std": out[KEY_METRIC_PPL_STD], "protocol": (
+                        ppl_z_interp_mode="lerp", rng_seed=settings.seed, verbose=False, ppl_reduction="none",
+                        ppl_discard_percentile_lower=None, ppl_discard_percentile_higher=None)
+    distances = np.asarray(out[KEY_METRIC_PPL_RAW])
+    lo = np.percentile(distances, DISCARD[0], method="lower")
+    hi = np.percentile(distances, DISCARD[1], method="higher")
+    kept = distances[(lo <= distances) & (distances <= hi)]
+    return {"ppl": {"value": float(kept.mean()), "std": float(kept.std()), "protocol": (
         f"{settings.n} pairs, z-space lerp, epsilon {EPSILON}, {SIMILARITIES.get(similarity, similarity)} at 64 px, "
         "1%/99% tails discarded (torch-fidelity)")}}

@@ -71,8 +71,8 @@ def _normalise(desc: torch.Tensor) -> torch.Tensor:
 def _sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, directions: int, generator: torch.Generator) -> float:
     proj = torch.randn(a.shape[1], directions, generator=generator, dtype=a.dtype)
     proj = proj / proj.norm(dim=0, keepdim=True)
-    pa, _ = (a @ proj).sort(dim=0)
-    pb, _ = (b @ proj).sort(dim=0)
+    pa, _ = (proj.T @ a.T).sort(dim=1)  # one contiguous row per direction: sorting rows is far faster
+    pb, _ = (proj.T @ b.T).sort(dim=1)
     return (pa - pb).abs().mean().item()
 
 

@@ -53,7 +53,7 @@ class Progress:
     step: int = 0  # optimisation steps done
     epoch: int = 0  # epochs completed
     batch: int = 0  # batches done in the current, unfinished epoch
-    best_val_loss: float | None = None
+    best_score: float | None = None  # monitored value, negated for higher-is-better metrics: lower is better
     best_epoch: int | None = None
     epochs_without_improvement: int = 0
     elapsed_s: float = 0.0  # training wall time over all sessions of this run
@@ -127,6 +127,7 @@ class Trainer:
             log.warning("train.batch_size %d is larger than the %d training images; using %d",
                         cfg.train.batch_size, n, self.batch_size)
         self.steps_per_epoch = n // self.batch_size  # the incomplete last batch is dropped (BatchNorm)
+        self._evaluator = None
 
     # -- helpers ------------------------------------------------------------------------------
     def _place(self, images: torch.Tensor) -> torch.Tensor:
@@ -194,29 +195,54 @@ class Trainer:
             save_grid(grid, self.run_dir / "reconstructions" / f"{tag}.png")
             writer.image("reconstructions", grid, self.progress.step)
 
+    def _evaluate(self) -> dict[str, float]:
+        """The configured metrics, under `genlab eval`'s protocol, with the training RNG untouched."""
+        from genlab.metrics.evaluate import EvalSettings, Evaluator, flat_values
+
+        e = self.cfg.eval
+        if self._evaluator is None:
+            settings = EvalSettings(metrics=e.metrics, n=e.n, extractor=e.extractor, inception_weights=e.inception_weights,
+                                    seed=self.cfg.train.sample_seed)
+            self._evaluator = Evaluator(self.data, self.cfg.data, settings, self.device)
+        start = time.perf_counter()
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            try:
+                results, _ = self._evaluator.score_method(self.method, e.metrics, f"{self.cfg.method} epoch {self.progress.epoch}")
+            finally:
+                self.method.train()
+        values = {f"eval_{k}": v for k, v in flat_values(results).items()}
+        values["eval_seconds"] = round(time.perf_counter() - start, 2)
+        return values
+
     def _end_of_epoch(self, writer: StatsWriter) -> bool:
-        """Validation, early stopping, grids and checkpoints; returns True when training should stop."""
+        """Validation, evaluation, early stopping, grids and checkpoints; True when training should stop."""
         p, cfg = self.progress, self.cfg.train
         record: dict = {"kind": "epoch", "step": p.step, "epoch": p.epoch}
-        improved = False
         if self.method.has_validation_loss and self.data.val is not None:
-            val = self._validate()
-            record.update({f"val_{k}": v for k, v in val.items()})
-            if p.best_val_loss is None or val["loss"] < p.best_val_loss:
-                p.best_val_loss, p.best_epoch, p.epochs_without_improvement = val["loss"], p.epoch, 0
+            record.update({f"val_{k}": v for k, v in self._validate().items()})
+        if self.cfg.eval.every and p.epoch % self.cfg.eval.every == 0:
+            record.update(self._evaluate())
+        improved = False
+        key = "val_loss" if cfg.monitor == "val_loss" else f"eval_{cfg.monitor}"
+        if key in record:  # one check of the monitored value: lower is better, except for IS, precision, ...
+            from genlab.metrics.evaluate import HIGHER_IS_BETTER
+
+            value = record[key] if cfg.monitor not in HIGHER_IS_BETTER else -record[key]
+            if p.best_score is None or value < p.best_score:
+                p.best_score, p.best_epoch, p.epochs_without_improvement = value, p.epoch, 0
                 improved = True
             else:
                 p.epochs_without_improvement += 1
         writer.write(record)
-        shown = " ".join(f"{k} {v:.4g}" for k, v in record.items() if k.startswith("val_"))
+        shown = " ".join(f"{k} {v:.4g}" for k, v in record.items() if k.startswith(("val_", "eval_")))
         log.info("epoch %d/%d done at step %d%s", p.epoch, cfg.epochs, p.step, f": {shown}" if shown else "")
         self._write_grids(f"epoch-{p.epoch:04d}", writer)
         self._save("last")
         if improved:
             self._copy_last_to_best()
         if cfg.patience is not None and p.epochs_without_improvement >= cfg.patience:
-            log.info("early stopping: no better validation loss for %d epochs (best %.5g at epoch %d)",
-                     cfg.patience, p.best_val_loss, p.best_epoch)
+            log.info("early stopping: no better %s in %d checks (best at epoch %d)", cfg.monitor, cfg.patience, p.best_epoch)
             return True
         return False
 
@@ -308,13 +334,17 @@ class Trainer:
             bar.close()
             writer.close()
 
+        from genlab.metrics.evaluate import HIGHER_IS_BETTER
+
         summary = {
             "method": self.cfg.method,
             "dataset": self.data.name,
             "steps": p.step,
             "epochs_completed": p.epoch,
             "stopped_because": stop_reason,
-            "best_val_loss": p.best_val_loss,
+            "monitor": cfg.monitor,
+            "best_monitored": p.best_score if cfg.monitor not in HIGHER_IS_BETTER or p.best_score is None
+            else -p.best_score,
             "best_epoch": p.best_epoch,
             "train_time_s": round(p.elapsed_s, 2),
             "images_per_s": round(p.images_seen / p.elapsed_s, 1) if p.elapsed_s > 0 else None,
