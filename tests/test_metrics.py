@@ -11,7 +11,7 @@ import torch
 
 from conftest import only_run
 from genlab.config import DataConfig, load_config
-from genlab.data import load_dataset
+from genlab.data import load_dataset, to_model_range, to_uint8
 from genlab.errors import GenlabError
 from genlab.metrics import evaluate as evaluate_module
 from genlab.metrics import fidelity, image, swd
@@ -103,17 +103,32 @@ def test_kid_is_and_precision_recall_on_constructed_features():
 
 
 def test_swd_is_zero_for_identical_sets_and_orders_distortions(digits):
+    from genlab.data.augment import random_gaussian_blur
+
     _, data = digits
     real = data.train[:128]
     assert swd.sliced_wasserstein_distance(real, real)["swd"] == 0.0
     other = data.train[128:256]
-    shifted = (other.float() * 0.6 + 40).to(torch.uint8)
+    blurred = to_uint8(random_gaussian_blur(to_model_range(other), max_sigma=1.5, p=1.0, min_sigma=1.5))
     noise = torch.randint(0, 256, other.shape, generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     d_other = swd.sliced_wasserstein_distance(other, real)["swd"]
-    d_shift = swd.sliced_wasserstein_distance(shifted, real)["swd"]
+    d_blur = swd.sliced_wasserstein_distance(blurred, real)["swd"]
     d_noise = swd.sliced_wasserstein_distance(noise, real)["swd"]
-    assert 0 < d_other < d_shift < d_noise
+    assert 0 < d_other < d_blur < d_noise
     assert list(swd.sliced_wasserstein_distance(other, real)["swd_levels"]) == ["32px", "16px"]
+
+
+def test_sliced_wasserstein_of_a_shifted_set_has_its_known_value():
+    """Shifting a set by c along one axis moves every projection onto a unit direction theta by
+    c * theta_1, so SWD = c * E|theta_1| = c * Gamma(d/2) / (sqrt(pi) Gamma((d+1)/2)) for d dimensions."""
+    d, c = 49, 0.7
+    a = torch.randn(1000, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    b = a.clone()
+    b[:, 0] += c
+    expected = c * math.gamma(d / 2) / (math.sqrt(math.pi) * math.gamma((d + 1) / 2))
+    got = swd._sliced_wasserstein(a, b, directions=5000, generator=torch.Generator().manual_seed(1))
+    assert got == pytest.approx(expected, rel=0.04)  # 5,000 random directions
+    assert swd._sliced_wasserstein(a, a.clone(), 100, torch.Generator().manual_seed(1)) == 0.0
 
 
 def test_laplacian_pyramid_reconstructs_the_image():
