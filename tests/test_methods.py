@@ -73,7 +73,7 @@ def test_vae_loss_values_on_a_known_case():
     with torch.no_grad():
         noise = torch.zeros(4, 8)
         got = m._losses(x, noise)
-        mean, logvar = m.encoder(x)
+        mean, logvar = m.encode(x)
         recon = (torch.tanh(m.decoder(mean)) - x).square().mean((1, 2, 3))
         kl = -0.5 * (1 + logvar - mean**2 - logvar.exp()).sum(1)
     assert_close(got["recon"], recon.mean())
@@ -134,3 +134,29 @@ def test_state_of_another_family_is_rejected():
 def test_widths_must_match_the_image_size():
     with pytest.raises(GenlabError, match="16x16 images need 2"):
         make("tiny-vae", ["model.widths=[8, 16, 32]"])
+
+
+def test_vae_log_variance_is_bounded_smoothly():
+    m = make("tiny-vae", ["model.logvar_limit=10"])
+    with torch.no_grad():
+        m.encoder.to_logvar.bias.fill_(1e4)  # a runaway encoder
+    mean, logvar = m.encode(torch.rand(4, 1, 16, 16) * 2 - 1)
+    assert logvar.max() <= 10.0 and torch.isfinite(m._losses(torch.zeros(4, 1, 16, 16), torch.zeros(4, 8))["kl"])
+    free = make("tiny-vae", ["model.logvar_limit=0"])
+    x = torch.rand(4, 1, 16, 16) * 2 - 1
+    torch.testing.assert_close(free.encode(x)[1], free.encoder(x)[1])
+
+
+def test_gradient_clipping_bounds_the_update():
+    m = make("tiny-vae", ["model.grad_clip=1e-3", "model.lr=1.0", "model.optimizer=adamw"])
+    params = [p for g in m.opt.param_groups for p in g["params"]]
+    seen = {}
+    original = m.opt.step
+
+    def step(*a, **k):
+        seen["norm"] = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+        return original(*a, **k)
+
+    m.opt.step = step
+    m.train_step(torch.rand(8, 1, 16, 16) * 2 - 1)
+    assert seen["norm"] <= 1e-3 * (1 + 1e-4)

@@ -413,8 +413,6 @@ def _load_fake_images(path: Path, channels: int, size: int):
 def cmd_eval(args) -> int:
     import json
 
-    import torch
-
     from genlab.data import build_dataset
     from genlab.metrics.evaluate import ALL_METRICS, INCEPTION_METRICS, OFFLINE_METRICS, EvalSettings, Evaluator, parse_metrics
     from genlab.train.loop import resolve_device

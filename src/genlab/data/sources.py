@@ -239,7 +239,7 @@ def celeba_catalog(cfg: DataConfig) -> Catalog:
         notes.append(f"no {partition_file.name} in {base}; using a random split")
         names, official = on_disk, [None] * len(on_disk)
 
-    labels, label_names = None, []
+    labels = None
     identity_file = base / "identity_CelebA.txt"
     if identity_file.is_file():
         identity = {r[0]: int(r[1]) for r in _read_table(identity_file) if len(r) == 2}

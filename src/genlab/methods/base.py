@@ -72,6 +72,16 @@ class Method:
         raise GenlabError(f"method {self.name!r} has no encoder, so it cannot reconstruct")
 
     # -- shared behaviour -----------------------------------------------------------------------
+    def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, clip: float = 0.0) -> None:
+        """Backward pass and one optimizer step, with optional clipping of the global gradient norm
+        of the optimizer's parameters (0 = off). Every family steps through here."""
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip > 0:
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+        optimizer.step()
+
     def end_epoch(self) -> None:
         for scheduler in self.schedulers().values():
             scheduler.step()

@@ -88,16 +88,12 @@ class GANMethod(Method):
         real_logits = self.discriminate(x)
         fake_logits = self.discriminate(fake.detach())
         loss_d = self.d_loss(real_logits, fake_logits, self.cfg.real_label).mean()
-        self.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        self.opt_d.step()
+        self.backward_step(loss_d, self.opt_d)
 
         # 2. Generator: through the just-updated discriminator.
         gen_logits = self.discriminate(fake)
         loss_g = self.g_loss(gen_logits).mean()
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.opt_g.step()
+        self.backward_step(loss_g, self.opt_g)
 
         return {
             "loss_d": loss_d.detach(),

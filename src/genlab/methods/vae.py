@@ -29,11 +29,15 @@ class VAEConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam's beta1, beta2
     weight_decay: float = 0.0  # L2 penalty
     lr_gamma: float = 1.0  # learning rate multiplied by this after every epoch (1 = constant)
+    logvar_limit: float = 10.0  # |log-variance| of q(z|x) is bounded smoothly by this (0 = unbounded)
+    grad_clip: float = 0.0  # maximum global gradient norm per step (0 = no clipping)
 
     def validate(self) -> None:
         check_positive("model.latent_dim", self.latent_dim)
         check_positive("model.base_width", self.base_width)
         check_positive("model.lr", self.lr)
+        check_positive("model.logvar_limit", self.logvar_limit, allow_zero=True)
+        check_positive("model.grad_clip", self.grad_clip, allow_zero=True)
         check_choice("model.activation", self.activation, ("relu", "leaky_relu"))
         check_choice("model.recon_loss", self.recon_loss, tuple(RECONSTRUCTION_LOSSES))
         check_choice("model.optimizer", self.optimizer, ("adam", "adamw"))
@@ -85,8 +89,16 @@ class VAEMethod(Method):
         """Decoder output -> image in [-1, 1] with the non-linearity the reconstruction loss implies."""
         return torch.tanh(raw) if self.cfg.recon_loss == "mse" else torch.sigmoid(raw) * 2 - 1
 
-    def _losses(self, x: torch.Tensor, noise: torch.Tensor) -> dict[str, torch.Tensor]:
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance of q(z|x). The log-variance is bounded smoothly,
+        L * tanh(logvar / L): at a high learning rate an unbounded one can run away (exp overflow,
+        KL in the billions, seen with seed 002's lr 0.005); tanh keeps a gradient everywhere."""
         mean, logvar = self.encoder(x)
+        limit = self.cfg.logvar_limit
+        return mean, (limit * torch.tanh(logvar / limit) if limit > 0 else logvar)
+
+    def _losses(self, x: torch.Tensor, noise: torch.Tensor) -> dict[str, torch.Tensor]:
+        mean, logvar = self.encode(x)
         z = mean + (0.5 * logvar).exp() * noise  # reparameterisation trick (Kingma & Welling 2014, eq. 4)
         raw = self.decoder(z)
         out = torch.tanh(raw) if self.cfg.recon_loss == "mse" else raw  # BCE loss takes logits
@@ -98,9 +110,7 @@ class VAEMethod(Method):
     def train_step(self, x):
         noise = torch.randn(x.shape[0], self.cfg.latent_dim, device=x.device)
         losses = self._losses(x, noise)
-        self.opt.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        self.opt.step()
+        self.backward_step(losses["loss"], self.opt, self.cfg.grad_clip)
         return {k: v.detach() for k, v in losses.items()}
 
     @torch.no_grad()
@@ -120,9 +130,9 @@ class VAEMethod(Method):
         import math
 
         sigma = self._decoder_scale(calibration)
-        mean, logvar = self.encoder(x)
+        mean, logvar = self.encode(x)
         std = (0.5 * logvar).exp()
-        b, d = x.shape[0], x[0].numel()
+        d = x[0].numel()
         log_w = []
         for _ in range(k):
             eps = torch.randn_like(mean)
@@ -146,5 +156,5 @@ class VAEMethod(Method):
     @torch.inference_mode()
     def reconstruct(self, x):
         """Decode the posterior mean: the deterministic reconstruction."""
-        mean, _ = self.encoder(x)
+        mean, _ = self.encode(x)
         return self.decode(self.decoder(mean)).float()

@@ -14,9 +14,7 @@ import hashlib
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -24,6 +22,7 @@ from genlab.config import DataConfig
 from genlab.data.cache import ImageSplits, cache_root
 from genlab.data.convert import to_model_range, to_uint8
 from genlab.errors import GenlabError
+from genlab.io import atomic_write
 from genlab.metrics import fidelity, image, swd
 from genlab.metrics.features import DESCRIPTIONS, EXTRACTORS, LOGITS, POOL, extract
 
@@ -80,17 +79,6 @@ def data_protocol(cfg: DataConfig, name: str, split: str, count: int) -> str:
             f"{cfg.size}x{cfg.size} {cfg.resize_filter}, {cfg.channels} ch, no flip")
 
 
-def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise GenlabError(f"could not write {path}: {e.strerror or e}") from e
-
-
 class Evaluator:
     """Scores images, or a model, against one real data set under one protocol."""
 
@@ -141,7 +129,8 @@ class Evaluator:
                 log.warning("reference features at %s are unreadable; recomputing", path)
         log.info("reference features: extracting %d %s images (%s)", len(images), split, self.s.extractor)
         features = extract(self.extractor(), images, self.device, self.s.batch_size)
-        _atomic_save({"key": key, "features": {k: v.float() for k, v in features.items()}}, path)
+        stored = {"key": key, "features": {k: v.float() for k, v in features.items()}}
+        atomic_write(path, lambda tmp: torch.save(stored, tmp), "reference features")
         return features
 
     # -- scoring -------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ optimizers, schedulers, step, epoch, every RNG state) and to rebuild its model w
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import torch
 import genlab
 from genlab.config import Config, resolve_config
 from genlab.errors import GenlabError
+from genlab.io import atomic_write
 
 FORMAT = "genlab-checkpoint"
 FORMAT_VERSION = 1
@@ -59,14 +59,7 @@ def save_checkpoint(path: Path, cfg: Config, image_shape, method_state: dict, pr
         "progress": progress,
         "rng": rng_state(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise GenlabError(f"could not write checkpoint {path}: {e.strerror or e}") from e
+    atomic_write(path, lambda tmp: torch.save(payload, tmp), "checkpoint")
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

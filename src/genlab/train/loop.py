@@ -26,6 +26,7 @@ from genlab.config import Config, config_to_yaml
 from genlab.data import ImageSplits, build_dataset, to_model_range, to_uint8
 from genlab.data.augment import BatchAugment
 from genlab.errors import GenlabError
+from genlab.io import atomic_write
 from genlab.methods import METHODS
 from genlab.methods.base import Method
 from genlab.train.checkpoint import config_from_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
@@ -148,13 +149,7 @@ class Trainer:
 
     def _copy_last_to_best(self) -> None:
         last, best = checkpoint_path(self.run_dir, "last"), checkpoint_path(self.run_dir, "best")
-        tmp = best.with_name(best.name + ".tmp")
-        try:
-            shutil.copyfile(last, tmp)
-            tmp.replace(best)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise GenlabError(f"could not write checkpoint {best}: {e.strerror or e}") from e
+        atomic_write(best, lambda tmp: shutil.copyfile(last, tmp), "checkpoint")
 
     @torch.no_grad()
     def _validate(self) -> dict[str, float]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from genlab.errors import GenlabError
+from genlab.io import atomic_write
 
 RUN_NAME = re.compile(r"^(\d{5})-")
 log = logging.getLogger("genlab")
@@ -119,20 +119,11 @@ def pair_grid(originals: torch.Tensor, reconstructions: torch.Tensor, per_row: i
 
 
 def save_grid(grid: torch.Tensor, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    try:
-        save_image(grid, tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise GenlabError(f"could not write image {path}: {e.strerror or e}") from e
+    atomic_write(path, lambda tmp: save_image(grid, tmp, format="png"), "image")
 
 
 def update_json(path: Path, updates: dict[str, Any]) -> None:
     """Merge ``updates`` into a JSON file (created if absent), atomically."""
     data = json.loads(path.read_text()) if path.exists() else {}
     data.update(updates)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"), "file")
