@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where new run directories go (default: runs)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar; only the log")
+    p.add_argument("--gpus", type=int, default=1, help="train on N GPUs of this machine with DDP (launches torchrun)")
     _common(p)
 
     p = sub.add_parser("sample", help="generate images from a trained run", description="Generate images from a trained run.",
@@ -209,9 +210,52 @@ def _check_output(path: Path, force: bool, suffixes: tuple[str, ...]) -> None:
         raise GenlabError(f"--out {path}: folder {path.parent} does not exist")
 
 
+def _train_device(args):
+    """The device and distributed role: torchrun's environment, when present, decides both."""
+    import torch
+
+    from genlab.train import distributed
+    from genlab.train.loop import resolve_device
+
+    device = resolve_device(args.device)
+    info = distributed.from_environment()
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    return device, info
+
+
+def _launch_torchrun(args, argv: list[str]) -> int:
+    """`genlab train --gpus N ...` re-runs the same command under torchrun with N processes."""
+    import subprocess
+
+    from genlab.train.distributed import check_gpus
+
+    check_gpus(args.gpus)
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--gpus":
+            skip = True
+        elif not a.startswith("--gpus="):
+            rest.append(a)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.gpus}",
+               "-m", "genlab", *rest]
+    log.info("launching %s", " ".join(command))
+    return subprocess.call(command)
+
+
 def cmd_train(args) -> int:
+    import os
+
     from genlab.config import config_to_yaml, load_config
-    from genlab.train.loop import resolve_device, resume_training, start_training
+    from genlab.train.loop import resume_training, start_training
+
+    if args.gpus < 1:
+        raise GenlabError(f"--gpus must be at least 1, got {args.gpus}")
+    if args.gpus > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch_torchrun(args, args.argv)
 
     overrides = list(args.overrides)
     preset = args.preset
@@ -228,8 +272,8 @@ def cmd_train(args) -> int:
             last = checkpoint_path(require_run_dir(args.resume))
             print(config_to_yaml(config_from_checkpoint(load_checkpoint(last), last)), end="")
             return 0
-        device = resolve_device(args.device)
-        resume_training(args.resume, overrides, device, quiet=args.quiet)
+        device, info = _train_device(args)
+        resume_training(args.resume, overrides, device, quiet=args.quiet, info=info)
         return 0
     if preset is None:
         raise GenlabError("name a preset (see `genlab presets`) or --resume RUN_DIR")
@@ -237,8 +281,8 @@ def cmd_train(args) -> int:
     if args.dry_run:
         print(config_to_yaml(cfg), end="")
         return 0
-    device = resolve_device(args.device)
-    start_training(cfg, args.runs_dir, device, quiet=args.quiet)
+    device, info = _train_device(args)
+    start_training(cfg, args.runs_dir, device, quiet=args.quiet, info=info)
     return 0
 
 
@@ -497,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = list(args.overrides) + extra
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.command is None:
         parser.print_help()
         return 2

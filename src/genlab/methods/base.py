@@ -15,6 +15,19 @@ from genlab.data.convert import to_uint8
 from genlab.errors import GenlabError
 
 
+def make_optimizer(kind: str, params, lr: float, betas: list[float], weight_decay: float,
+                   device: torch.device) -> torch.optim.Optimizer:
+    """Adam or AdamW; on CUDA the fused kernel (one launch for all parameters), else foreach."""
+    cls = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return cls(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, **fast)
+
+
+def unwrap(net: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (checkpoints hold the plain module)."""
+    return net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
+
+
 def latents_from_seeds(n: int, seed: int, shape: tuple[int, ...]) -> torch.Tensor:
     """One standard-normal latent per image, image i drawn from its own generator seeded ``seed + i``,
     so a sample never depends on the batch size, the device or how many images are asked for."""
@@ -34,6 +47,7 @@ class Method:
         self.cfg = cfg
         self.image_shape = tuple(image_shape)
         self.device = device
+        self.grad_scaler: torch.amp.GradScaler | None = None  # set by the loop for fp16 training
 
     # -- what a family defines ------------------------------------------------------------------
     def networks(self) -> dict[str, nn.Module]:
@@ -76,11 +90,20 @@ class Method:
         """Backward pass and one optimizer step, with optional clipping of the global gradient norm
         of the optimizer's parameters (0 = off). Every family steps through here."""
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler = self.grad_scaler
+        if scaler is None:
+            loss.backward()
+        else:  # fp16: scale the loss so small gradients survive; the loop calls scaler.update() per step
+            scaler.scale(loss).backward()
+            if clip > 0:
+                scaler.unscale_(optimizer)
         if clip > 0:
             params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
             torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
-        optimizer.step()
+        if scaler is None:
+            optimizer.step()
+        else:
+            scaler.step(optimizer)
 
     def end_epoch(self) -> None:
         for scheduler in self.schedulers().values():
@@ -106,11 +129,18 @@ class Method:
         return torch.cat(chunks)
 
     def num_parameters(self) -> dict[str, int]:
+        """Parameters per network (DDP and compile wrappers share their module's parameters)."""
         return {k: sum(p.numel() for p in net.parameters()) for k, net in self.networks().items()}
+
+    def distribute(self, wrap) -> None:
+        """Replace every network by ``wrap(network)`` (DistributedDataParallel). Families name their
+        networks as attributes with the keys networks() uses, so this needs nothing from them."""
+        for name, net in self.networks().items():
+            setattr(self, name, wrap(net))
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "networks": {k: net.state_dict() for k, net in self.networks().items()},
+            "networks": {k: unwrap(net).state_dict() for k, net in self.networks().items()},
             "optimizers": {k: opt.state_dict() for k, opt in self.optimizers().items()},
             "schedulers": {k: s.state_dict() for k, s in self.schedulers().items()},
         }
@@ -128,7 +158,7 @@ class Method:
             for key, obj in own[section].items():
                 try:
                     if section == "networks":
-                        obj.load_state_dict(saved[key], strict=True)
+                        unwrap(obj).load_state_dict(saved[key], strict=True)
                     else:
                         obj.load_state_dict(saved[key])
                 except (RuntimeError, ValueError, KeyError) as e:

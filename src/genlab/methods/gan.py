@@ -11,7 +11,7 @@ from genlab.data.augment import diff_augment, parse_policy
 from genlab.errors import GenlabError
 from genlab.losses.gan import GAN_LOSSES
 from genlab.methods import METHODS
-from genlab.methods.base import Method
+from genlab.methods.base import Method, make_optimizer
 from genlab.models.blocks import channel_ladder, num_resolution_steps
 from genlab.models.dcgan import DCGANDiscriminator, DCGANGenerator, dcgan_init_
 
@@ -61,8 +61,8 @@ class GANMethod(Method):
         self.discriminator = DCGANDiscriminator(channels, d_widths, cfg.d_dropout).to(device)
         dcgan_init_(self.generator)
         dcgan_init_(self.discriminator)
-        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_g, betas=tuple(cfg.betas))
-        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr_d, betas=tuple(cfg.betas))
+        self.opt_g = make_optimizer("adam", self.generator.parameters(), cfg.lr_g, cfg.betas, 0.0, device)
+        self.opt_d = make_optimizer("adam", self.discriminator.parameters(), cfg.lr_d, cfg.betas, 0.0, device)
         self.d_loss, self.g_loss = GAN_LOSSES[cfg.loss]
         self.policy = parse_policy(cfg.diffaugment)
 

@@ -10,7 +10,7 @@ from genlab.config import check_choice, check_positive
 from genlab.errors import GenlabError
 from genlab.losses.vae import RECONSTRUCTION_LOSSES, kl_divergence
 from genlab.methods import METHODS
-from genlab.methods.base import Method
+from genlab.methods.base import Method, make_optimizer
 from genlab.models.blocks import channel_ladder, num_resolution_steps
 from genlab.models.vae import ConvDecoder, ConvEncoder
 
@@ -47,11 +47,6 @@ class VAEConfig:
             raise GenlabError(f"config key 'model.betas' needs two values, got {self.betas}")
 
 
-def make_optimizer(kind: str, params, lr: float, betas: list[float], weight_decay: float) -> torch.optim.Optimizer:
-    cls = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
-    return cls(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
-
-
 @METHODS.register("vae")
 class VAEMethod(Method):
     name = "vae"
@@ -69,7 +64,7 @@ class VAEMethod(Method):
         self.encoder = ConvEncoder(channels, widths, cfg.latent_dim, cfg.activation, cfg.dropout).to(device)
         self.decoder = ConvDecoder(channels, widths, cfg.latent_dim, cfg.activation, cfg.dropout).to(device)
         params = list(self.encoder.parameters()) + list(self.decoder.parameters())
-        self.opt = make_optimizer(cfg.optimizer, params, cfg.lr, cfg.betas, cfg.weight_decay)
+        self.opt = make_optimizer(cfg.optimizer, params, cfg.lr, cfg.betas, cfg.weight_decay, device)
         self.sched = torch.optim.lr_scheduler.ExponentialLR(self.opt, gamma=cfg.lr_gamma)
         self.recon_loss = RECONSTRUCTION_LOSSES[cfg.recon_loss]
 

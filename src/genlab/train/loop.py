@@ -30,6 +30,7 @@ from genlab.io import atomic_write
 from genlab.methods import METHODS
 from genlab.methods.base import Method
 from genlab.train.checkpoint import config_from_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
+from genlab.train.distributed import SINGLE, DistInfo, any_rank, barrier, broadcast, parameters_agree, wrap_ddp
 from genlab.train.rundir import (
     StatsWriter,
     checkpoint_path,
@@ -71,13 +72,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast(precision: str, device: torch.device):
-    """bf16 autocast on CUDA by default (no loss scaling needed: bf16 has fp32's exponent range)."""
+def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise GenlabError("train.precision=fp16 (with loss scaling) needs CUDA; use bf16 or fp32 on this device")
+    return precision
+
+
+def autocast(precision: str, device: torch.device):
+    """bf16 autocast on CUDA by default (no loss scaling needed: bf16 has fp32's exponent range);
+    fp16 autocast with a gradient scaler as an option; fp32 without autocast."""
+    precision = resolve_precision(precision, device)
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -117,20 +129,70 @@ def attach_run_log(run_dir: Path, buffered: _BufferHandler | None = None) -> log
     return handler
 
 
+class _NoWriter:
+    """What ranks other than 0 write: nothing."""
+
+    def write(self, record):
+        pass
+
+    def image(self, *args):
+        pass
+
+    def close(self):
+        pass
+
+
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, device: torch.device, data: ImageSplits, method: Method,
-                 progress: Progress, quiet: bool = False):
-        self.cfg, self.run_dir, self.device = cfg, run_dir, device
-        self.data, self.method, self.progress, self.quiet = data, method, progress, quiet
+                 progress: Progress, quiet: bool = False, dist: DistInfo = SINGLE):
+        self.cfg, self.run_dir, self.device, self.dist = cfg, run_dir, device, dist
+        self.data, self.method, self.progress, self.quiet = data, method, progress, quiet or not dist.is_main
         n = len(data.train)
-        self.batch_size = min(cfg.train.batch_size, n)
+        self.batch_size = min(cfg.train.batch_size, n)  # the global batch, over all ranks
         if self.batch_size < cfg.train.batch_size:
             log.warning("train.batch_size %d is larger than the %d training images; using %d",
                         cfg.train.batch_size, n, self.batch_size)
+        if self.batch_size % dist.world_size:
+            raise GenlabError(f"train.batch_size {self.batch_size} does not divide over {dist.world_size} processes")
+        self.rank_batch = self.batch_size // dist.world_size
         self.steps_per_epoch = n // self.batch_size  # the incomplete last batch is dropped (BatchNorm)
+        self.precision = resolve_precision(cfg.train.precision, device)
         self._evaluator = None
+        self._prepare_networks()
+
+    def _prepare_networks(self) -> None:
+        """Device-specific speed-ups and the DDP wrapper, applied the same way to every family."""
+        method, device, cfg = self.method, self.device, self.cfg.train
+        self.channels_last = cfg.channels_last and device.type == "cuda"
+        for net in method.networks().values():
+            if self.channels_last:
+                net.to(memory_format=torch.channels_last)  # NHWC: what cuDNN's fastest kernels use
+            if self.dist.enabled and device.type == "cuda":
+                torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)  # batch statistics over all ranks
+        if self.precision == "fp16":
+            method.grad_scaler = torch.amp.GradScaler("cuda")
+        if cfg.compile:
+            import torch._dynamo
+
+            torch._dynamo.config.suppress_errors = True  # a graph that fails to compile runs eagerly
+            try:
+                for net in method.networks().values():
+                    net.compile()
+            except Exception as e:  # no compiler, an unsupported platform: train eagerly
+                log.warning("train.compile: compilation is not available here (%s); training in eager mode",
+                            str(e).splitlines()[0] if str(e) else type(e).__name__)
+        if self.dist.enabled:
+            method.distribute(lambda net: wrap_ddp(net, device))
 
     # -- helpers ------------------------------------------------------------------------------
+    def _out_of_memory_message(self) -> str:
+        where = str(self.device)
+        if self.device.type == "cuda":
+            total = torch.cuda.get_device_properties(self.device).total_memory / 2**30
+            where += f" ({torch.cuda.get_device_name(self.device)}, {total:.0f} GiB)"
+        return (f"out of memory: a batch of {self.rank_batch} images of {'x'.join(map(str, self.data.image_shape))} "
+                f"does not fit on {where} for {self.cfg.method}; lower train.batch_size (now {self.batch_size})")
+
     def _place(self, images: torch.Tensor) -> torch.Tensor:
         """The whole uint8 training split on the device when it fits in half the free memory, so
         batches are gathered there; otherwise it stays memory-mapped on the host (pinned batches)."""
@@ -144,6 +206,8 @@ class Trainer:
         return images
 
     def _save(self, which: str) -> None:
+        if not self.dist.is_main:
+            return
         save_checkpoint(checkpoint_path(self.run_dir, which), self.cfg, self.data.image_shape,
                         self.method.state_dict(), dataclasses.asdict(self.progress))
 
@@ -250,10 +314,12 @@ class Trainer:
         # The whole (uint8) training split lives on the device; batches are gathered there.
         train_images = self._place(self.data.train)
         augment = BatchAugment(self.cfg.data.augment)
+        main = self.dist.is_main
+        offset = self.dist.rank * self.rank_batch  # this rank's share of every global batch
         log.info("training %s on %s: %d images, batch %d, %d steps per epoch, %d epochs, device %s",
                  self.cfg.method, self.data.name, len(self.data.train), self.batch_size, self.steps_per_epoch,
                  cfg.epochs, self.device)
-        writer = StatsWriter(self.run_dir, purge_step=p.step or None)
+        writer = StatsWriter(self.run_dir, purge_step=p.step or None) if main else _NoWriter()
         bar = tqdm(total=total_steps, initial=min(p.step, total_steps), disable=self.quiet, unit="step",
                    dynamic_ncols=True, file=sys.stderr, leave=False)
         running: dict[str, torch.Tensor] = {}
@@ -274,7 +340,7 @@ class Trainer:
             bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()} | {"img/s": f"{record['images_per_s']:.0f}"},
                             refresh=False)
             running, window_steps, window_start = {}, 0, now
-            if not all(math.isfinite(v) for v in values.values()):
+            if any_rank(not all(math.isfinite(v) for v in values.values()), self.dist):
                 log.error("a loss became non-finite near step %d (%s); stopping. The last good checkpoint is %s",
                           p.step, values, checkpoint_path(self.run_dir, "last"))
                 stop_reason = "non_finite_loss"
@@ -288,12 +354,20 @@ class Trainer:
                     if cfg.max_steps is not None and p.step >= cfg.max_steps:
                         stop_reason = "max_steps"
                         break
-                    index = order[p.batch * self.batch_size : (p.batch + 1) * self.batch_size]
+                    start = p.batch * self.batch_size + offset
+                    index = order[start : start + self.rank_batch]
                     x = to_model_range(train_images[index].to(self.device, non_blocking=True))
                     if augment.active:
                         x = augment(x)
-                    with autocast(cfg.precision, self.device):
-                        stats = self.method.train_step(x)
+                    if self.channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    try:
+                        with autocast(self.precision, self.device):
+                            stats = self.method.train_step(x)
+                    except OUT_OF_MEMORY as e:
+                        raise GenlabError(self._out_of_memory_message()) from e
+                    if self.method.grad_scaler is not None:
+                        self.method.grad_scaler.update()
                     for k, v in stats.items():
                         running[k] = running.get(k, 0) + v.float()
                     window_steps += 1
@@ -312,12 +386,14 @@ class Trainer:
                 p.epoch, p.batch = p.epoch + 1, 0
                 self.method.end_epoch()
                 p.elapsed_s = elapsed_before + time.perf_counter() - session_start
-                if self._end_of_epoch(writer):
+                # Rank 0 validates, evaluates and writes; every rank learns whether to stop.
+                stop = self._end_of_epoch(writer) if main else False
+                if broadcast(stop, self.dist):
                     stop_reason = "early_stopping"
             stop_reason = stop_reason or "epochs"
             flush_window()
             p.elapsed_s = elapsed_before + time.perf_counter() - session_start
-            if stop_reason == "max_steps":  # stopped inside an epoch: keep its position for a later resume
+            if stop_reason == "max_steps" and main:  # stopped inside an epoch: keep its position for a resume
                 self._write_grids(f"step-{p.step:07d}", writer)
                 self._save("last")
         except KeyboardInterrupt:
@@ -331,8 +407,15 @@ class Trainer:
 
         from genlab.metrics.evaluate import HIGHER_IS_BETTER
 
+        if self.dist.enabled:
+            if not parameters_agree(self.method.networks(), self.dist):
+                raise GenlabError("the processes ended with different parameters; the run is not consistent")
+            log.info("parameters identical on all %d ranks", self.dist.world_size)
+            if not main:
+                return {}
         summary = {
             "method": self.cfg.method,
+            "processes": self.dist.world_size,
             "dataset": self.data.name,
             "steps": p.step,
             "epochs_completed": p.epoch,
@@ -355,31 +438,53 @@ class Trainer:
 # Entry points used by the CLI
 
 
-def start_training(cfg: Config, runs_root: Path, device: torch.device, quiet: bool = False) -> Path:
+def _load_data(cfg: Config, info: DistInfo) -> ImageSplits:
+    """Rank 0 prepares the cache first; the other ranks then read the same cache."""
+    if info.is_main:
+        data = build_dataset(cfg.data)
+    barrier(info)
+    return data if info.is_main else build_dataset(cfg.data)
+
+
+def _seed_rank(seed: int, info: DistInfo, step: int = 0) -> None:
+    """Different training noise on each rank (after identical initialisation)."""
+    if info.enabled and info.rank:
+        torch.manual_seed(seed * 1_000_003 + step * 7919 + info.rank)
+
+
+def start_training(cfg: Config, runs_root: Path, device: torch.device, quiet: bool = False,
+                   info: DistInfo = SINGLE) -> Path:
     """Load the data, then (only once everything checked out) create the run directory and train."""
     buffered = _BufferHandler()
     log.addHandler(buffered)
     try:
-        data = build_dataset(cfg.data)
-        seed_everything(cfg.train.seed)
+        data = _load_data(cfg, info)
+        seed_everything(cfg.train.seed)  # the same initialisation on every rank
         method = METHODS.get(cfg.method)(cfg.model, data.image_shape, device)
     finally:
         log.removeHandler(buffered)
-    run_dir = create_run_dir(runs_root, cfg.name, data.name)
-    (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
-    (run_dir / "checkpoints").mkdir()
-    handler = attach_run_log(run_dir, buffered)
+    run_dir = None
+    if info.is_main:
+        run_dir = create_run_dir(runs_root, cfg.name, data.name)
+        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+        (run_dir / "checkpoints").mkdir()
+    run_dir = broadcast(run_dir, info)
+    handler = attach_run_log(run_dir, buffered) if info.is_main else None
     try:
         log.info("run directory %s", run_dir)
         log.info("parameters: %s", ", ".join(f"{k} {v:,}" for k, v in method.num_parameters().items()))
-        Trainer(cfg, run_dir, device, data, method, Progress(), quiet).fit()
+        trainer = Trainer(cfg, run_dir, device, data, method, Progress(), quiet, info)
+        _seed_rank(cfg.train.seed, info)
+        trainer.fit()
     finally:
-        log.removeHandler(handler)
-        handler.close()
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
     return run_dir
 
 
-def resume_training(run_dir: Path, overrides: list[str], device: torch.device, quiet: bool = False) -> Path:
+def resume_training(run_dir: Path, overrides: list[str], device: torch.device, quiet: bool = False,
+                    info: DistInfo = SINGLE) -> Path:
     """Continue a run from its last checkpoint. Everything is checked before anything is written."""
     from genlab.config import apply_overrides, resolve_config
 
@@ -401,7 +506,7 @@ def resume_training(run_dir: Path, overrides: list[str], device: torch.device, q
             raise GenlabError(f"cannot change {key!r} when resuming; only {', '.join(RESUMABLE_KEYS)} may change")
     if overrides:
         cfg = resolve_config(apply_overrides(cfg.to_dict(), overrides))
-    data = build_dataset(cfg.data)
+    data = _load_data(cfg, info)
     if list(data.image_shape) != list(payload["image_shape"]):
         raise GenlabError(f"{last} was trained on images of shape {payload['image_shape']}, "
                           f"but data now gives {list(data.image_shape)}")
@@ -410,16 +515,23 @@ def resume_training(run_dir: Path, overrides: list[str], device: torch.device, q
     progress = Progress(**payload["progress"])
     set_rng_state(payload["rng"])
 
-    if overrides:
-        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
-    handler = attach_run_log(run_dir)
+    handler = None
+    if info.is_main:
+        if overrides:
+            (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+        handler = attach_run_log(run_dir)
     try:
-        log.info("resuming %s at epoch %d, step %d%s", run_dir, progress.epoch, progress.step,
-                 f" with {' '.join(overrides)}" if overrides else "")
-        with open(run_dir / "stats.jsonl", "a") as f:
-            f.write(f'{{"kind": "resume", "step": {progress.step}, "epoch": {progress.epoch}}}\n')
-        Trainer(cfg, run_dir, device, data, method, progress, quiet).fit()
+        log.info("resuming %s at epoch %d, step %d%s%s", run_dir, progress.epoch, progress.step,
+                 f" with {' '.join(overrides)}" if overrides else "",
+                 f" on {info.world_size} processes" if info.enabled else "")
+        if info.is_main:
+            with open(run_dir / "stats.jsonl", "a") as f:
+                f.write(f'{{"kind": "resume", "step": {progress.step}, "epoch": {progress.epoch}}}\n')
+        trainer = Trainer(cfg, run_dir, device, data, method, progress, quiet, info)
+        _seed_rank(cfg.train.seed, info, progress.step)
+        trainer.fit()
     finally:
-        log.removeHandler(handler)
-        handler.close()
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
     return run_dir

@@ -1,0 +1,183 @@
+"""Scale-out through DistributedDataParallel on CPU (gloo, 2 processes), and the speed options'
+bad-input paths."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from conftest import only_run
+from genlab.config import load_config, resolve_config
+from genlab.methods import METHODS
+from genlab.methods.base import Method, make_optimizer
+from genlab.train.checkpoint import load_checkpoint
+from genlab.train.loop import start_training
+
+CPU = torch.device("cpu")
+
+
+@dataclass
+class LinearConfig:
+    lr: float = 0.05
+
+
+@METHODS.register("linear-test-family")
+class LinearAutoencoder(Method):
+    """Deterministic (no noise, no BatchNorm), so one process and two must agree to rounding."""
+
+    name = "linear-test-family"
+    config_class = LinearConfig
+
+    def __init__(self, cfg, image_shape, device):
+        super().__init__(cfg, image_shape, device)
+        d = int(torch.tensor(image_shape).prod())
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(d, d)).to(device)
+        self.opt = make_optimizer("adam", self.net.parameters(), cfg.lr, [0.9, 0.999], 0.0, device)
+
+    def networks(self):
+        return {"net": self.net}
+
+    def optimizers(self):
+        return {"adam": self.opt}
+
+    def latent_shape(self):
+        return (int(torch.tensor(self.image_shape).prod()),)
+
+    def generate(self, z):
+        return torch.tanh(z).view(len(z), *self.image_shape)
+
+    def train_step(self, x):
+        loss = (self.net(x) - x.flatten(1)).square().mean()
+        self.backward_step(loss, self.opt)
+        return {"loss": loss.detach()}
+
+
+RAW = {"name": "linear", "method": "linear-test-family",
+       "data": {"source": "digits", "size": 8, "limit": 256, "val_fraction": 0.0},
+       "train": {"batch_size": 32, "epochs": 2, "log_every": 4}}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, runs: str, raw: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    from genlab.train import distributed
+
+    info = distributed.from_environment()
+    start_training(resolve_config(raw), Path(runs), CPU, quiet=True, info=info)
+    dist.destroy_process_group()
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
+    single = start_training(resolve_config(RAW), tmp_path / "single", CPU, quiet=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path / "ddp"), RAW), nprocs=2, join=True)
+    ddp = only_run(tmp_path / "ddp")  # written once, by rank 0
+    a = load_checkpoint(single / "checkpoints" / "last.pt")
+    b = load_checkpoint(ddp / "checkpoints" / "last.pt")
+    assert a["progress"]["step"] == b["progress"]["step"] == 2 * (256 // 32)
+    for key, value in a["state"]["networks"]["net"].items():
+        # Each rank averages its half batch; DDP averages the ranks: the global-batch gradient, up
+        # to the order of float additions.
+        torch.testing.assert_close(b["state"]["networks"]["net"][key], value, rtol=1e-5, atol=1e-6)
+    log_text = (ddp / "log.txt").read_text()
+    assert "parameters identical on all 2 ranks" in log_text
+    steps = [json.loads(l)["step"] for l in (ddp / "stats.jsonl").read_text().splitlines() if '"train"' in l]
+    assert steps == sorted(set(steps))  # one writer: no record twice
+    assert json.loads((ddp / "metrics.json").read_text())["train"]["processes"] == 2
+
+
+def test_torchrun_end_to_end_and_resume_on_another_number_of_processes(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "genlab",
+               "train", "tiny-vae", "train.epochs=1", "--runs-dir", str(tmp_path), "--device", "cpu", "--quiet"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = only_run(tmp_path)
+    assert "parameters identical on all 2 ranks" in (run / "log.txt").read_text()
+    assert len(list((run / "samples").iterdir())) == 1
+    resumed = subprocess.run([sys.executable, "-m", "genlab", "train", "--resume", str(run), "train.epochs=2", "--quiet"],
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ckpt["progress"]["epoch"] == 2
+    assert json.loads((run / "metrics.json").read_text())["train"]["processes"] == 1
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+def test_more_gpus_than_the_machine_has(cli, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    code, _, err = cli("train", "tiny-vae", "--gpus", "4", "--runs-dir", tmp_path)
+    assert code == 2 and "--gpus 4: this machine has 0 GPUs" in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_batch_that_does_not_fit_names_the_batch_and_the_device(cli, tmp_path, monkeypatch):
+    from genlab.methods.vae import VAEMethod
+    from genlab.train.loop import OUT_OF_MEMORY
+
+    def oom(self, x):
+        raise OUT_OF_MEMORY("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(VAEMethod, "train_step", oom)
+    code, _, err = cli("train", "tiny-vae", "--runs-dir", tmp_path, "--quiet")
+    assert code == 2 and "Traceback" not in err
+    assert "out of memory: a batch of 32 images of 1x16x16 does not fit on cpu for vae; lower train.batch_size" in err
+
+
+def test_compile_failure_falls_back_to_eager(cli, tmp_path, monkeypatch):
+    def no_compiler(self, *a, **k):
+        raise RuntimeError("no working C++ compiler")
+
+    monkeypatch.setattr(torch.nn.Module, "compile", no_compiler)
+    code, _, err = cli("train", "tiny-vae", "train.compile=true", "train.epochs=1", "--runs-dir", tmp_path, "--quiet")
+    assert code == 0, err
+    assert "compilation is not available here (no working C++ compiler); training in eager mode" in err
+
+
+def test_fp16_needs_cuda(cli, tmp_path):
+    code, _, err = cli("train", "tiny-vae", "train.precision=fp16", "--runs-dir", tmp_path, "--device", "cpu")
+    assert code == 2 and "train.precision=fp16 (with loss scaling) needs CUDA" in err
+
+
+def test_global_batch_must_divide_over_the_processes():
+    from genlab.data import build_dataset
+    from genlab.errors import GenlabError
+    from genlab.train.distributed import DistInfo
+    from genlab.train.loop import Progress, Trainer
+
+    cfg = load_config("tiny-vae")
+    data = build_dataset(cfg.data)
+    method = METHODS.get("vae")(cfg.model, data.image_shape, CPU)
+    with pytest.raises(GenlabError, match="train.batch_size 32 does not divide over 3 processes"):
+        Trainer(cfg, Path("unused"), CPU, data, method, Progress(), True, DistInfo(0, 3, 0))
+
+
+def test_fp16_loss_scaling_path_through_backward_step():
+    """The grad-scaler branch of backward_step, exercised on CPU with a scaler that is enabled."""
+    from genlab.methods.vae import VAEMethod
+
+    torch.manual_seed(0)
+    m = VAEMethod(load_config("tiny-vae", ["model.grad_clip=1.0"]).model, (1, 16, 16), CPU)
+    m.grad_scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    before = [p.clone() for p in m.encoder.parameters()]
+    stats = m.train_step(torch.rand(8, 1, 16, 16) * 2 - 1)
+    m.grad_scaler.update()
+    assert torch.isfinite(stats["loss"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, m.encoder.parameters()))
