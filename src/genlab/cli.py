@@ -513,6 +513,7 @@ def cmd_eval(args) -> int:
     else:
         for name, r in results.items():
             extra = f" ± {r['std']:.4g}" if "std" in r else ""
+            extra += f" (real: {r['real']:.4g})" if "real" in r else ""
             print(f"{name:<10} {r['value']:.6g}{extra}\n           [{r['protocol']}]")
     return 0
 
