@@ -181,3 +181,17 @@ def test_fp16_loss_scaling_path_through_backward_step():
     m.grad_scaler.update()
     assert torch.isfinite(stats["loss"])
     assert any(not torch.equal(a, b) for a, b in zip(before, m.encoder.parameters()))
+
+
+def test_gpus_option_launches_torchrun_with_the_same_command(cli, tmp_path, monkeypatch):
+    import subprocess as sp
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(sp, "call", lambda command: calls.append(command) or 0)
+    code, _, err = cli("train", "tiny-vae", "train.epochs=1", "--gpus", "2", "--runs-dir", tmp_path)
+    assert code == 0, err
+    (command,) = calls
+    assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    assert command[5:] == ["-m", "genlab", "train", "tiny-vae", "train.epochs=1", "--runs-dir", str(tmp_path)]

@@ -390,6 +390,7 @@ class Trainer:
                 stop = self._end_of_epoch(writer) if main else False
                 if broadcast(stop, self.dist):
                     stop_reason = "early_stopping"
+                window_start = time.perf_counter()  # images/s counts training only, not validation or grids
             stop_reason = stop_reason or "epochs"
             flush_window()
             p.elapsed_s = elapsed_before + time.perf_counter() - session_start
