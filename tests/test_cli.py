@@ -332,3 +332,25 @@ def test_training_with_augmentation_and_diffaugment(cli, tmp_path):
     assert code == 0, err
     code, _, err = cli("train", "tiny-dcgan", "model.diffaugment=colour", "--runs-dir", runs)
     assert_one_line_error(code, err, "unknown policy 'colour'")
+
+
+def test_a_non_finite_loss_stops_with_exit_1_and_keeps_the_last_good_checkpoint(cli, tmp_path, monkeypatch):
+    import json
+
+    from genlab.methods.vae import VAEMethod
+
+    original, calls = VAEMethod.train_step, {"n": 0}
+
+    def diverging(self, x):
+        calls["n"] += 1
+        stats = original(self, x)
+        return stats if calls["n"] <= 5 else {k: torch.tensor(float("nan")) for k in stats}
+
+    monkeypatch.setattr(VAEMethod, "train_step", diverging)
+    code, _, err = cli("train", "tiny-vae", "train.epochs=3", "--runs-dir", tmp_path, "--quiet")
+    assert code == 1 and "became non-finite near step 6" in err
+    run = only_run(tmp_path)
+    assert json.loads((run / "metrics.json").read_text())["train"]["stopped_because"] == "non_finite_loss"
+    from genlab.train.checkpoint import load_checkpoint
+
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["progress"]["step"] == 5

@@ -246,6 +246,16 @@ def _launch_torchrun(args, argv: list[str]) -> int:
     return subprocess.call(command)
 
 
+def _exit_code(run_dir: Path) -> int:
+    """1 when training stopped on a non-finite loss (the run is kept, its last good checkpoint too)."""
+    import json
+
+    metrics = run_dir / "metrics.json"
+    if metrics.exists() and json.loads(metrics.read_text()).get("train", {}).get("stopped_because") == "non_finite_loss":
+        return 1
+    return 0
+
+
 def cmd_train(args) -> int:
     import os
 
@@ -273,8 +283,7 @@ def cmd_train(args) -> int:
             print(config_to_yaml(config_from_checkpoint(load_checkpoint(last), last)), end="")
             return 0
         device, info = _train_device(args)
-        resume_training(args.resume, overrides, device, quiet=args.quiet, info=info)
-        return 0
+        return _exit_code(resume_training(args.resume, overrides, device, quiet=args.quiet, info=info))
     if preset is None:
         raise GenlabError("name a preset (see `genlab presets`) or --resume RUN_DIR")
     cfg = load_config(preset, overrides)
@@ -282,8 +291,7 @@ def cmd_train(args) -> int:
         print(config_to_yaml(cfg), end="")
         return 0
     device, info = _train_device(args)
-    start_training(cfg, args.runs_dir, device, quiet=args.quiet, info=info)
-    return 0
+    return _exit_code(start_training(cfg, args.runs_dir, device, quiet=args.quiet, info=info))
 
 
 def cmd_sample(args) -> int:

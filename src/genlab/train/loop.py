@@ -311,7 +311,7 @@ class Trainer:
         total_steps = cfg.epochs * self.steps_per_epoch
         if cfg.max_steps is not None:
             total_steps = min(total_steps, cfg.max_steps)
-        # The whole (uint8) training split lives on the device; batches are gathered there.
+        # The uint8 training split, on the device when it fits there (batches are then gathered on it).
         train_images = self._place(self.data.train)
         augment = BatchAugment(self.cfg.data.augment)
         main = self.dist.is_main
