@@ -70,7 +70,8 @@ def test_checkpoint_holds_the_full_state(tmp_path):
     run = start_training(load_config("tiny-vae"), tmp_path, CPU, quiet=True)
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
     assert {"genlab_version", "method", "config", "image_shape", "state", "progress", "rng"} <= set(ckpt)
-    assert set(ckpt["state"]) == {"networks", "optimizers", "schedulers"}
+    assert set(ckpt["state"]) == {"networks", "optimizers", "schedulers", "extra"}
+    assert ckpt["state"]["extra"] == {"train_steps": 10}
     assert set(ckpt["rng"]) == {"torch", "cuda", "numpy", "python"}
     assert ckpt["progress"]["step"] == 10 and ckpt["image_shape"] == [1, 16, 16]
     assert (run / "checkpoints" / "best.pt").is_file()
@@ -177,3 +178,13 @@ def test_interrupt_saves_a_checkpoint_that_resumes_exactly(tmp_path, monkeypatch
     assert "interrupted at step 3" in (split / "log.txt").read_text()
     resume_training(split, [], CPU, quiet=True)
     assert_same_networks(networks(straight), networks(split))
+
+
+def test_resume_is_exact_with_kl_annealing(tmp_path):
+    over = ["model.kl_cycle_steps=4"]
+    straight = start_training(load_config("tiny-vae", over + ["train.epochs=3"]), tmp_path, CPU, quiet=True)
+    split = start_training(load_config("tiny-vae", over + ["train.epochs=1"]), tmp_path, CPU, quiet=True)
+    resume_training(split, ["train.epochs=3"], CPU, quiet=True)
+    assert_same_networks(networks(straight), networks(split))
+    records = [json.loads(l) for l in (straight / "stats.jsonl").read_text().splitlines() if '"train"' in l]
+    assert any(0 < r["kl_beta"] < 1 for r in records)

@@ -160,3 +160,17 @@ def test_gradient_clipping_bounds_the_update():
     m.opt.step = step
     m.train_step(torch.rand(8, 1, 16, 16) * 2 - 1)
     assert seen["norm"] <= 1e-3 * (1 + 1e-4)
+
+
+def test_cyclical_kl_annealing_follows_its_schedule():
+    m = make("tiny-vae", ["model.kl_cycle_steps=8", "model.kl_cycle_ratio=0.5"])
+    betas = []
+    for _ in range(12):
+        betas.append(m.kl_beta())
+        stats = m.train_step(torch.rand(4, 1, 16, 16) * 2 - 1)
+        assert stats["kl_beta"].item() == betas[-1]
+    assert betas == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0, 0.0, 0.25, 0.5, 0.75]
+    assert make("tiny-vae").kl_beta() == 1.0
+    restored = make("tiny-vae", ["model.kl_cycle_steps=8"])
+    restored.load_state_dict(m.state_dict())
+    assert restored.train_steps == 12 and restored.kl_beta() == m.kl_beta() == 1.0  # halfway: ramp done

@@ -138,11 +138,19 @@ class Method:
         for name, net in self.networks().items():
             setattr(self, name, wrap(net))
 
+    def extra_state(self) -> dict[str, Any]:
+        """Any further training state a family keeps (counters, running statistics), checkpointed."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "networks": {k: unwrap(net).state_dict() for k, net in self.networks().items()},
             "optimizers": {k: opt.state_dict() for k, opt in self.optimizers().items()},
             "schedulers": {k: s.state_dict() for k, s in self.schedulers().items()},
+            "extra": self.extra_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any], networks_only: bool = False, source: str = "checkpoint") -> None:
@@ -164,3 +172,5 @@ class Method:
                 except (RuntimeError, ValueError, KeyError) as e:
                     first = str(e).strip().splitlines()[0]
                     raise GenlabError(f"{source}: {section[:-1]} {key!r} does not fit this model: {first}") from e
+        if not networks_only:
+            self.load_extra_state(state.get("extra", {}))

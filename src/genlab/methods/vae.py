@@ -24,6 +24,8 @@ class VAEConfig:
     dropout: float = 0.0  # dropout after every hidden block of encoder and decoder
     recon_loss: str = "mse"  # mse (decoder output through tanh) | bce (through sigmoid)
     kl_weight: float = 1.0  # weight of the KL term; see genlab.losses.vae for the reduction convention
+    kl_cycle_steps: int = 0  # cyclical KL annealing (Fu et al. 2019): cycle length in steps; 0 = off
+    kl_cycle_ratio: float = 0.5  # share of each cycle over which the KL weight rises linearly from 0
     optimizer: str = "adam"  # adam (L2 weight decay added to the gradient) | adamw (decoupled)
     lr: float = 1e-3  # learning rate
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam's beta1, beta2
@@ -38,6 +40,9 @@ class VAEConfig:
         check_positive("model.lr", self.lr)
         check_positive("model.logvar_limit", self.logvar_limit, allow_zero=True)
         check_positive("model.grad_clip", self.grad_clip, allow_zero=True)
+        check_positive("model.kl_cycle_steps", self.kl_cycle_steps, allow_zero=True)
+        if not 0 < self.kl_cycle_ratio <= 1:
+            raise GenlabError(f"config key 'model.kl_cycle_ratio' must be in (0, 1], got {self.kl_cycle_ratio}")
         check_choice("model.activation", self.activation, ("relu", "leaky_relu"))
         check_choice("model.recon_loss", self.recon_loss, tuple(RECONSTRUCTION_LOSSES))
         check_choice("model.optimizer", self.optimizer, ("adam", "adamw"))
@@ -67,6 +72,7 @@ class VAEMethod(Method):
         self.opt = make_optimizer(cfg.optimizer, params, cfg.lr, cfg.betas, cfg.weight_decay, device)
         self.sched = torch.optim.lr_scheduler.ExponentialLR(self.opt, gamma=cfg.lr_gamma)
         self.recon_loss = RECONSTRUCTION_LOSSES[cfg.recon_loss]
+        self.train_steps = 0  # for the KL annealing schedule
 
     def networks(self):
         return {"encoder": self.encoder, "decoder": self.decoder}
@@ -92,20 +98,39 @@ class VAEMethod(Method):
         limit = self.cfg.logvar_limit
         return mean, (limit * torch.tanh(logvar / limit) if limit > 0 else logvar)
 
-    def _losses(self, x: torch.Tensor, noise: torch.Tensor) -> dict[str, torch.Tensor]:
+    def kl_beta(self) -> float:
+        """Cyclical annealing (Fu et al. 2019, eq. 6 with a linear f): within each cycle of
+        ``kl_cycle_steps`` steps, beta rises linearly from 0 to 1 over the first ``kl_cycle_ratio`` of
+        the cycle, then stays 1. Validation always uses beta = 1, so its losses compare across epochs."""
+        if not self.cfg.kl_cycle_steps:
+            return 1.0
+        tau = (self.train_steps % self.cfg.kl_cycle_steps) / self.cfg.kl_cycle_steps
+        return min(1.0, tau / self.cfg.kl_cycle_ratio)
+
+    def extra_state(self):
+        return {"train_steps": self.train_steps}
+
+    def load_extra_state(self, state):
+        self.train_steps = int(state.get("train_steps", 0))
+
+    def _losses(self, x: torch.Tensor, noise: torch.Tensor, beta: float = 1.0) -> dict[str, torch.Tensor]:
         mean, logvar = self.encode(x)
         z = mean + (0.5 * logvar).exp() * noise  # reparameterisation trick (Kingma & Welling 2014, eq. 4)
         raw = self.decoder(z)
         out = torch.tanh(raw) if self.cfg.recon_loss == "mse" else raw  # BCE loss takes logits
         recon = self.recon_loss(out, x)
         kl = kl_divergence(mean, logvar)
-        loss = recon + self.cfg.kl_weight * kl
+        loss = recon + beta * self.cfg.kl_weight * kl
         return {"loss": loss.mean(), "recon": recon.mean(), "kl": kl.mean()}
 
     def train_step(self, x):
         noise = torch.randn(x.shape[0], self.cfg.latent_dim, device=x.device)
-        losses = self._losses(x, noise)
+        beta = self.kl_beta()
+        losses = self._losses(x, noise, beta)
         self.backward_step(losses["loss"], self.opt, self.cfg.grad_clip)
+        self.train_steps += 1
+        if self.cfg.kl_cycle_steps:
+            losses["kl_beta"] = torch.tensor(beta)
         return {k: v.detach() for k, v in losses.items()}
 
     @torch.no_grad()
