@@ -6,6 +6,7 @@ import io
 import logging
 import pickle
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -502,3 +503,41 @@ def test_download_verifies_checksums_of_what_arrives(tmp_path, monkeypatch):
     monkeypatch.setattr(download, "CIFAR10_FILES", files | {"data_batch_2": "0" * 32})
     with pytest.raises(GenlabError, match="checksum mismatch after download for data_batch_2"):
         download.download_cifar10(tmp_path / "dl")
+
+
+def test_celeba_download_path_with_test_written_files(tmp_path, monkeypatch):
+    """The real CelebA download code (Google Drive helper, MD5 checks, unzip), fed files written here."""
+    import zipfile
+
+    import torchvision.datasets.utils as tv_utils
+
+    from genlab.data import download
+
+    src = tmp_path / "src"
+    write_celeba(src, n=6, partition_extra=False)
+    with zipfile.ZipFile(tmp_path / "img_align_celeba.zip", "w") as z:
+        for p in sorted((src / "img_align_celeba").iterdir()):
+            z.write(p, f"img_align_celeba/{p.name}")
+    payloads = {"img_align_celeba.zip": (tmp_path / "img_align_celeba.zip").read_bytes()}
+    for name in ("list_eval_partition.txt", "identity_CelebA.txt", "list_attr_celeba.txt"):
+        payloads[name] = (src / name).read_bytes()
+    md5 = {name: hashlib.md5(data).hexdigest() for name, data in payloads.items()}
+    fetched = []
+
+    def fake_drive(file_id, root, filename, md5sum=None):
+        fetched.append(filename)
+        Path(root).mkdir(parents=True, exist_ok=True)
+        (Path(root) / filename).write_bytes(payloads[filename])
+
+    monkeypatch.setattr(download, "_reachable", lambda url: None)
+    monkeypatch.setattr(tv_utils, "download_file_from_google_drive", fake_drive)
+    monkeypatch.setattr(download, "CELEBA_FILES", [(f"id-{n}", md5[n], n) for n in payloads])
+    target = download.download_celeba(tmp_path / "data")
+    assert sorted(fetched) == sorted(payloads)
+    data = load_dataset(cfg("celeba", target, size=16, channels=3))
+    assert len(data.train) + len(data.val) + len(data.test) == 6
+    fetched.clear()
+    assert download.download_celeba(tmp_path / "data") == target and fetched == []  # verified, nothing fetched
+    monkeypatch.setattr(download, "CELEBA_FILES", [("id", "0" * 32, "list_eval_partition.txt")])
+    with pytest.raises(GenlabError, match="checksum mismatch for .*list_eval_partition.txt"):
+        download.download_celeba(tmp_path / "data")
