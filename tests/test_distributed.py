@@ -61,7 +61,8 @@ class LinearAutoencoder(Method):
 
 RAW = {"name": "linear", "method": "linear-test-family",
        "data": {"source": "digits", "size": 8, "limit": 256, "val_fraction": 0.0},
-       "train": {"batch_size": 32, "epochs": 2, "log_every": 4}}
+       "train": {"batch_size": 32, "epochs": 2, "log_every": 4},
+       "eval": {"every": 1, "metrics": ["fid", "swd"], "n": 45, "extractor": "random-standin"}}
 
 
 def free_port() -> int:
@@ -99,6 +100,14 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     steps = [json.loads(l)["step"] for l in (ddp / "stats.jsonl").read_text().splitlines() if '"train"' in l]
     assert steps == sorted(set(steps))  # one writer: no record twice
     assert json.loads((ddp / "metrics.json").read_text())["train"]["processes"] == 2
+    # Evaluation during training: each rank generated and featurised its seed range (23 + 22 of
+    # 45), rank 0 gathered them; the numbers equal the single process's.
+    epochs = lambda run: [json.loads(l) for l in (run / "stats.jsonl").read_text().splitlines() if '"epoch"' in l
+                          and json.loads(l)["kind"] == "epoch"]
+    assert len(epochs(single)) == len(epochs(ddp)) == 2
+    for one, two in zip(epochs(single), epochs(ddp)):
+        assert two["eval_fid"] == pytest.approx(one["eval_fid"], rel=1e-3, abs=1e-9)
+        assert two["eval_swd"] == pytest.approx(one["eval_swd"], rel=1e-3, abs=1e-6)
 
 
 def test_torchrun_end_to_end_and_resume_on_another_number_of_processes(tmp_path):

@@ -134,8 +134,10 @@ class Evaluator:
         return features
 
     # -- scoring -------------------------------------------------------------------------------
-    def score_images(self, fake: torch.Tensor, metrics: list[str], fake_label: str) -> dict[str, dict]:
-        """Sample-based metrics of uint8 ``fake`` images against the reference split."""
+    def score_images(self, fake: torch.Tensor, metrics: list[str], fake_label: str,
+                     fake_features: dict[str, torch.Tensor] | None = None) -> dict[str, dict]:
+        """Sample-based metrics of uint8 ``fake`` images against the reference split (features of
+        ``fake`` may be given, when other processes extracted them)."""
         results: dict[str, dict] = {}
         split = self.reference_split()
         real = self.split_images(split)
@@ -145,11 +147,12 @@ class Evaluator:
         real_desc = data_protocol(self.cfg, self.data.name, split, len(real))
         wanted_inception = [m for m in metrics if m in INCEPTION_METRICS]
         if wanted_inception:
-            if len(fake) < PROTOCOL_N:
+            count = len(fake_features[POOL]) if fake_features else len(fake)
+            if count < PROTOCOL_N:
                 log.warning("%d generated images: FID and KID from fewer than %d samples are biased (FID upward); "
-                            "compare only numbers with the same sample count", len(fake), PROTOCOL_N)
+                            "compare only numbers with the same sample count", count, PROTOCOL_N)
             real_f = self.reference_features(split)
-            fake_f = extract(self.extractor(), fake, self.device, self.s.batch_size)
+            fake_f = fake_features or extract(self.extractor(), fake, self.device, self.s.batch_size)
             protocol = f"{fake_label} vs {real_desc} | {DESCRIPTIONS[self.s.extractor]} | torch-fidelity"
             if "fid" in metrics:
                 value = fidelity.frechet_distance(fidelity.statistics(fake_f[POOL]), fidelity.statistics(real_f[POOL]))
@@ -191,8 +194,35 @@ class Evaluator:
                                          f"of {len(train)} {self.data.name} train images (0 = a copy)"}
         return results
 
-    def score_method(self, method, metrics: list[str], checkpoint_label: str) -> tuple[dict, torch.Tensor | None]:
-        """Every requested metric for a trained family. Returns results and the generated samples."""
+    def _sharded_samples(self, method, metrics: list[str], info) -> tuple[torch.Tensor | None, dict | None]:
+        """Generation (and feature extraction) split over the processes of a DDP job by seed range,
+        gathered on rank 0 in rank order: the same images and features as one process makes."""
+        from genlab.train import distributed
+
+        share = -(-self.s.n // info.world_size)
+        first = min(self.s.n, info.rank * share)
+        count = min(share, self.s.n - first)
+        local = method.sample(count, self.s.seed + first, batch_size=self.s.batch_size)
+        features = None
+        if any(m in INCEPTION_METRICS for m in metrics):
+            mine = extract(self.extractor(), local, self.device, self.s.batch_size) if count else {}
+            parts = distributed.gather_to_main(mine, info)
+            if info.is_main:
+                features = {k: torch.cat([p[k] for p in parts if p]) for k in mine}
+        samples = local[:0]  # pixels travel only when a pixel metric needs them
+        if any(m in OFFLINE_METRICS for m in metrics):
+            parts = distributed.gather_to_main(local, info)
+            samples = torch.cat(parts) if info.is_main else None
+        return samples, features
+
+    def score_method(self, method, metrics: list[str], checkpoint_label: str,
+                     info=None) -> tuple[dict, torch.Tensor | None]:
+        """Every requested metric for a trained family. Returns results and the generated samples.
+        Under DDP (``info``), every rank must call this: generation and feature extraction are
+        shared, rank 0 gets the results and the other ranks an empty dict."""
+        from genlab.train.distributed import SINGLE
+
+        info = info or SINGLE
         results: dict[str, dict] = {}
         sample_metrics = [m for m in metrics if m in INCEPTION_METRICS + OFFLINE_METRICS]
         samples = None
@@ -200,9 +230,16 @@ class Evaluator:
             if "fid" in metrics or "kid" in metrics or "is" in metrics or "pr" in metrics:
                 self.extractor()  # fail at once on missing weights, before generating anything
             method.eval()
-            samples = method.sample(self.s.n, self.s.seed, batch_size=self.s.batch_size)
+            features = None
+            if info.enabled:
+                samples, features = self._sharded_samples(method, sample_metrics, info)
+            else:
+                samples = method.sample(self.s.n, self.s.seed, batch_size=self.s.batch_size)
             label = f"{self.s.n} samples of {checkpoint_label} (seeds {self.s.seed}..{self.s.seed + self.s.n - 1}, uint8)"
-            results.update(self.score_images(samples, sample_metrics, label))
+            if info.is_main:
+                results.update(self.score_images(samples, sample_metrics, label, features))
+        if not info.is_main:
+            return {}, None
         if "recon" in metrics:
             results.update(self.reconstruction(method))
         if "bpd" in metrics:

@@ -77,6 +77,19 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def gather_to_main(obj, info: DistInfo) -> list | None:
+    """Every rank's ``obj`` (tensors moved to the CPU), in rank order, on rank 0; None elsewhere."""
+    if not info.enabled:
+        return [obj]
+    if torch.is_tensor(obj):
+        obj = obj.cpu()
+    elif isinstance(obj, dict):
+        obj = {k: v.cpu() if torch.is_tensor(v) else v for k, v in obj.items()}
+    parts = [None] * info.world_size if info.is_main else None
+    dist.gather_object(obj, parts, dst=0)
+    return parts
+
+
 def parameters_agree(networks: dict, info: DistInfo) -> bool:
     """Whether every rank holds bit-identical parameters (a checksum gathered from all ranks)."""
     h = hashlib.sha256()

@@ -266,22 +266,22 @@ class Trainer:
         start = time.perf_counter()
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            try:
-                results, _ = self._evaluator.score_method(self.method, e.metrics, f"{self.cfg.method} epoch {self.progress.epoch}")
+            try:  # every rank takes part: generation and features are shared out, rank 0 scores
+                results, _ = self._evaluator.score_method(self.method, e.metrics,
+                                                          f"{self.cfg.method} epoch {self.progress.epoch}", self.dist)
             finally:
                 self.method.train()
         values = {f"eval_{k}": v for k, v in flat_values(results).items()}
         values["eval_seconds"] = round(time.perf_counter() - start, 2)
         return values
 
-    def _end_of_epoch(self, writer: StatsWriter) -> bool:
-        """Validation, evaluation, early stopping, grids and checkpoints; True when training should stop."""
+    def _end_of_epoch(self, writer: StatsWriter, evaluated: dict[str, float]) -> bool:
+        """Validation, early stopping, grids and checkpoints (rank 0); True when training should stop."""
         p, cfg = self.progress, self.cfg.train
         record: dict = {"kind": "epoch", "step": p.step, "epoch": p.epoch}
         if self.method.has_validation_loss and self.data.val is not None:
             record.update({f"val_{k}": v for k, v in self._validate().items()})
-        if self.cfg.eval.every and p.epoch % self.cfg.eval.every == 0:
-            record.update(self._evaluate())
+        record.update(evaluated)
         improved = False
         key = "val_loss" if cfg.monitor == "val_loss" else f"eval_{cfg.monitor}"
         if key in record:  # one check of the monitored value: lower is better, except for IS, precision, ...
@@ -387,7 +387,9 @@ class Trainer:
                 self.method.end_epoch()
                 p.elapsed_s = elapsed_before + time.perf_counter() - session_start
                 # Rank 0 validates, evaluates and writes; every rank learns whether to stop.
-                stop = self._end_of_epoch(writer) if main else False
+                due = self.cfg.eval.every and p.epoch % self.cfg.eval.every == 0
+                evaluated = self._evaluate() if due else {}  # on every rank: the work is shared
+                stop = self._end_of_epoch(writer, evaluated) if main else False
                 if broadcast(stop, self.dist):
                     stop_reason = "early_stopping"
                 window_start = time.perf_counter()  # images/s counts training only, not validation or grids
