@@ -320,8 +320,7 @@ def validate_config(cfg: Config) -> None:
 
     cfg.eval.metrics = parse_metrics(cfg.eval.metrics)
     if cfg.train.monitor != "val_loss":
-        metric = ALIASES.get(cfg.train.monitor, cfg.train.monitor)
-        metric = {"precision": "pr", "recall": "pr", "mse": "recon", "psnr": "recon", "ssim": "recon"}.get(cfg.train.monitor, metric)
+        metric = ALIASES.get(cfg.train.monitor, cfg.train.monitor)  # precision -> pr, ssim -> recon, ...
         if cfg.eval.every == 0 or metric not in cfg.eval.metrics:
             raise GenlabError(f"train.monitor={cfg.train.monitor} needs eval.every > 0 and {metric} in eval.metrics "
                               f"(now every={cfg.eval.every}, metrics={cfg.eval.metrics})")
