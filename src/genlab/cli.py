@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -197,6 +198,8 @@ def _setup_console_logging() -> None:
     if not any(isinstance(h, _ConsoleHandler) for h in log.handlers):
         handler = _ConsoleHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
+        if int(os.environ.get("RANK", "0")) > 0:  # under torchrun, rank 0 speaks; others only warn
+            handler.setLevel(logging.WARNING)
         log.addHandler(handler)
     log.propagate = False
 

@@ -85,6 +85,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp16 (with loss scaling) | fp32
     channels_last: bool = True  # NHWC memory layout for networks and batches on CUDA (faster convolutions)
     compile: bool = False  # torch.compile the networks; on failure: a warning and eager mode
+    compile_mode: str = "default"  # torch.compile mode; reduce-overhead adds CUDA graphs on CUDA
     log_every: int = 20  # steps between reading losses back from the device (stats.jsonl, progress)
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = only at the end of each epoch
     num_samples: int = 64  # images in the per-epoch sample grid
@@ -291,7 +292,10 @@ def validate_config(cfg: Config) -> None:
     apply_source_defaults(cfg.data)  # the resolved config (and --dry-run) states every choice
     check_choice("data.channels", str(cfg.data.channels), ("1", "3"))
     check_choice("data.resize_filter", cfg.data.resize_filter, ("nearest", "bilinear", "bicubic", "lanczos"))
-    check_choice("train.precision", cfg.train.precision, ("auto", "bf16", "fp16", "fp32"))
+    from genlab.train.speed import COMPILE_MODES, PRECISIONS
+
+    check_choice("train.precision", cfg.train.precision, PRECISIONS)
+    check_choice("train.compile_mode", cfg.train.compile_mode, COMPILE_MODES)
     if cfg.data.size < 8 or cfg.data.size & (cfg.data.size - 1):
         raise GenlabError(f"config key 'data.size' must be a power of two >= 8 (32 or 64), got {cfg.data.size}")
     check_choice("data.split", cfg.data.split, ("auto", "official", "random"))

@@ -108,8 +108,13 @@ def wrap_ddp(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 
     if not any(p.requires_grad for p in net.parameters()):
         return net
+    import inspect
+
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False)
+    # Newer torch renamed the option (the old name warns); both leave initial buffers synchronised.
+    newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+    no_sync = {"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}
+    return DistributedDataParallel(net, device_ids=ids, **no_sync)
 
 
 def check_gpus(requested: int) -> None:

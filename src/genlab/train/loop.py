@@ -8,7 +8,6 @@ logging, progress, validation, early stopping, sample grids, checkpoints and res
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -41,12 +40,14 @@ from genlab.train.rundir import (
     save_grid,
     update_json,
 )
+from genlab.train.speed import apply_plan, autocast, begin_step, plan_speed
 
 log = logging.getLogger("genlab")
 
-# Keys that may change when a run is resumed: how long it goes on and how it reports. Anything
+# Keys that may change when a run is resumed: how long it goes on, how it reports, how fast. Anything
 # else would make the resumed run a different experiment than the one its directory records.
-RESUMABLE_KEYS = ("train.epochs", "train.max_steps", "train.patience", "train.log_every", "train.checkpoint_every")
+RESUMABLE_KEYS = ("train.epochs", "train.max_steps", "train.patience", "train.log_every", "train.checkpoint_every",
+                  "train.compile", "train.compile_mode", "train.channels_last")  # speed only: the same computation
 RECONSTRUCTION_IMAGES = 16  # validation images shown beside their reconstructions each epoch
 
 
@@ -70,23 +71,6 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise GenlabError(f"--device must be auto, cpu or cuda, got {name!r}")
     return torch.device(name)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        raise GenlabError("train.precision=fp16 (with loss scaling) needs CUDA; use bf16 or fp32 on this device")
-    return precision
-
-
-def autocast(precision: str, device: torch.device):
-    """bf16 autocast on CUDA by default (no loss scaling needed: bf16 has fp32's exponent range);
-    fp16 autocast with a gradient scaler as an option; fp32 without autocast."""
-    precision = resolve_precision(precision, device)
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
@@ -156,33 +140,16 @@ class Trainer:
             raise GenlabError(f"train.batch_size {self.batch_size} does not divide over {dist.world_size} processes")
         self.rank_batch = self.batch_size // dist.world_size
         self.steps_per_epoch = n // self.batch_size  # the incomplete last batch is dropped (BatchNorm)
-        self.precision = resolve_precision(cfg.train.precision, device)
+        self.speed = plan_speed(cfg.train, device, dist.enabled)
+        self.precision, self.channels_last = self.speed.precision, self.speed.channels_last
         self._evaluator = None
         self._prepare_networks()
 
     def _prepare_networks(self) -> None:
         """Device-specific speed-ups and the DDP wrapper, applied the same way to every family."""
-        method, device, cfg = self.method, self.device, self.cfg.train
-        self.channels_last = cfg.channels_last and device.type == "cuda"
-        for net in method.networks().values():
-            if self.channels_last:
-                net.to(memory_format=torch.channels_last)  # NHWC: what cuDNN's fastest kernels use
-            if self.dist.enabled and device.type == "cuda":
-                torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)  # batch statistics over all ranks
-        if self.precision == "fp16":
-            method.grad_scaler = torch.amp.GradScaler("cuda")
-        if cfg.compile:
-            import torch._dynamo
-
-            torch._dynamo.config.suppress_errors = True  # a graph that fails to compile runs eagerly
-            try:
-                for net in method.networks().values():
-                    net.compile()
-            except Exception as e:  # no compiler, an unsupported platform: train eagerly
-                log.warning("train.compile: compilation is not available here (%s); training in eager mode",
-                            str(e).splitlines()[0] if str(e) else type(e).__name__)
+        apply_plan(self.speed, self.method)
         if self.dist.enabled:
-            method.distribute(lambda net: wrap_ddp(net, device))
+            self.method.distribute(lambda net: wrap_ddp(net, self.device))
 
     # -- helpers ------------------------------------------------------------------------------
     def _out_of_memory_message(self) -> str:
@@ -316,9 +283,9 @@ class Trainer:
         augment = BatchAugment(self.cfg.data.augment)
         main = self.dist.is_main
         offset = self.dist.rank * self.rank_batch  # this rank's share of every global batch
-        log.info("training %s on %s: %d images, batch %d, %d steps per epoch, %d epochs, device %s",
+        log.info("training %s on %s: %d images, batch %d, %d steps per epoch, %d epochs, device %s (%s)",
                  self.cfg.method, self.data.name, len(self.data.train), self.batch_size, self.steps_per_epoch,
-                 cfg.epochs, self.device)
+                 cfg.epochs, self.device, self.speed.describe())
         writer = StatsWriter(self.run_dir, purge_step=p.step or None) if main else _NoWriter()
         bar = tqdm(total=total_steps, initial=min(p.step, total_steps), disable=self.quiet, unit="step",
                    dynamic_ncols=True, file=sys.stderr, leave=False)
@@ -361,6 +328,7 @@ class Trainer:
                         x = augment(x)
                     if self.channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
+                    begin_step(self.speed)
                     try:
                         with autocast(self.precision, self.device):
                             stats = self.method.train_step(x)

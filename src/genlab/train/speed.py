@@ -1,0 +1,121 @@
+"""How a run uses its device: precision, memory layout, compilation, CUDA graphs.
+
+Every choice is made once, here, from ``train.*`` and the device, into a :class:`SpeedPlan` that
+the loop applies the same way to every family and writes to the run's log. Keeping the decision
+separate from the device means the CUDA choices are tested on machines without one.
+
+- bf16 autocast is the CUDA default: it needs no loss scaling because bf16 keeps fp32's exponent
+  range (8 bits); fp16 (5 exponent bits) needs a gradient scaler (Micikevicius et al. 2018).
+- channels_last (NHWC) is the layout cuDNN's fastest convolution kernels work in on tensor cores.
+- ``torch.compile`` fuses the elementwise work between convolutions; its ``reduce-overhead`` mode
+  records each compiled network into CUDA graphs, which replay a whole forward or backward pass as
+  one launch: what pays when a step is many small kernels (small images, small batches) and the
+  host cannot issue them as fast as the GPU runs them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from genlab.errors import GenlabError
+
+log = logging.getLogger("genlab")
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+# torch.compile's modes; "reduce-overhead" adds CUDA graphs (cudagraph trees) on CUDA devices.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+@dataclass(frozen=True)
+class SpeedPlan:
+    device_type: str
+    precision: str  # bf16 | fp16 | fp32, after resolving "auto"
+    channels_last: bool
+    fused_optimizer: bool  # fused Adam (one kernel for all parameters) on CUDA; foreach elsewhere
+    sync_batchnorm: bool  # BatchNorm statistics over all ranks (DDP on GPUs)
+    compile_mode: str | None  # None: eager
+    cuda_graphs: bool  # compiled networks replayed as CUDA graphs
+
+    @property
+    def grad_scaler(self) -> bool:
+        return self.precision == "fp16"
+
+    def describe(self) -> str:
+        parts = [{"bf16": "bf16 autocast", "fp16": "fp16 autocast + grad scaler", "fp32": "fp32"}[self.precision]]
+        parts.append("channels_last" if self.channels_last else "NCHW")
+        parts.append("fused Adam" if self.fused_optimizer else "foreach Adam")
+        if self.sync_batchnorm:
+            parts.append("SyncBatchNorm")
+        parts.append(f"torch.compile({self.compile_mode})" if self.compile_mode else "eager")
+        if self.cuda_graphs:
+            parts.append("CUDA graphs")
+        return ", ".join(parts)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise GenlabError("train.precision=fp16 (with loss scaling) needs CUDA; use bf16 or fp32 on this device")
+    return precision
+
+
+def plan_speed(train_cfg, device: torch.device, distributed: bool = False) -> SpeedPlan:
+    """The speed settings of a run on ``device`` from its ``train`` config section."""
+    cuda = device.type == "cuda"
+    mode = train_cfg.compile_mode if train_cfg.compile else None
+    return SpeedPlan(
+        device_type=device.type,
+        precision=resolve_precision(train_cfg.precision, device),
+        channels_last=bool(train_cfg.channels_last and cuda),  # for cuDNN's tensor-core kernels
+        fused_optimizer=cuda,
+        sync_batchnorm=distributed and cuda,  # gloo has no SyncBatchNorm kernels; CPU ranks keep their own
+        compile_mode=mode,
+        cuda_graphs=cuda and mode in CUDA_GRAPH_MODES,
+    )
+
+
+def autocast(precision: str, device: torch.device):
+    """The autocast context of a precision: bf16 or fp16 autocast, or nothing for fp32."""
+    precision = resolve_precision(precision, device)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def apply_plan(plan: SpeedPlan, method) -> None:
+    """Layout, synchronised BatchNorm, loss scaling and compilation for every network of a family
+    (before the DDP wrapper, which then sees the converted modules)."""
+    if plan.device_type == "cuda":
+        # Every step has the same shapes, so cuDNN's one-time search for the fastest convolution
+        # algorithm per shape pays from the second step on.
+        torch.backends.cudnn.benchmark = True
+    for net in method.networks().values():
+        if plan.channels_last:
+            net.to(memory_format=torch.channels_last)
+        if plan.sync_batchnorm:
+            torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    if plan.grad_scaler:
+        method.grad_scaler = torch.amp.GradScaler("cuda")
+    if plan.compile_mode:
+        import torch._dynamo as dynamo  # (not `import torch._dynamo`: that would make `torch` local here)
+
+        dynamo.config.suppress_errors = True  # a graph that fails to compile runs eagerly
+        try:
+            for net in method.networks().values():
+                net.compile(mode=plan.compile_mode)
+        except Exception as e:  # no compiler, an unsupported platform: train eagerly
+            log.warning("train.compile: compilation is not available here (%s); training in eager mode",
+                        str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+def begin_step(plan: SpeedPlan) -> None:
+    """Tell CUDA graph trees that a new training step starts, so the buffers of the previous step's
+    replays may be reused (their outputs have been consumed by the optimizer step)."""
+    if plan.cuda_graphs:
+        torch.compiler.cudagraph_mark_step_begin()
