@@ -162,7 +162,8 @@ class Trainer:
 
     def _place(self, images: torch.Tensor) -> torch.Tensor:
         """The whole uint8 training split on the device when it fits in half the free memory, so
-        batches are gathered there; otherwise it stays memory-mapped on the host (pinned batches)."""
+        batches are gathered there; otherwise it stays memory-mapped on the host, and each batch is
+        gathered into pinned memory so its copy to the GPU runs asynchronously."""
         if self.device.type != "cuda":
             return images
         free, _ = torch.cuda.mem_get_info(self.device)
@@ -323,7 +324,10 @@ class Trainer:
                         break
                     start = p.batch * self.batch_size + offset
                     index = order[start : start + self.rank_batch]
-                    x = to_model_range(train_images[index].to(self.device, non_blocking=True))
+                    batch = train_images[index]
+                    if self.device.type == "cuda" and not batch.is_cuda:
+                        batch = batch.pin_memory()  # (from the caching host allocator: cheap after the first)
+                    x = to_model_range(batch.to(self.device, non_blocking=True))
                     if augment.active:
                         x = augment(x)
                     if self.channels_last:
