@@ -13,13 +13,14 @@ import torch.nn as nn
 
 from genlab.data.convert import to_uint8
 from genlab.errors import GenlabError
+from genlab.train.speed import fused_optimizers
 
 
 def make_optimizer(kind: str, params, lr: float, betas: list[float], weight_decay: float,
                    device: torch.device) -> torch.optim.Optimizer:
     """Adam or AdamW; on CUDA the fused kernel (one launch for all parameters), else foreach."""
     cls = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
-    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    fast = {"fused": True} if fused_optimizers(device) else {"foreach": True}
     return cls(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, **fast)
 
 

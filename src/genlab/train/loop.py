@@ -40,7 +40,7 @@ from genlab.train.rundir import (
     save_grid,
     update_json,
 )
-from genlab.train.speed import apply_plan, autocast, begin_step, plan_speed
+from genlab.train.speed import apply_plan, begin_step, plan_speed
 
 log = logging.getLogger("genlab")
 
@@ -141,7 +141,6 @@ class Trainer:
         self.rank_batch = self.batch_size // dist.world_size
         self.steps_per_epoch = n // self.batch_size  # the incomplete last batch is dropped (BatchNorm)
         self.speed = plan_speed(cfg.train, device, dist.enabled)
-        self.precision, self.channels_last = self.speed.precision, self.speed.channels_last
         self._evaluator = None
         self._prepare_networks()
 
@@ -192,7 +191,7 @@ class Trainer:
         val = self.data.val
         for i in range(0, len(val), self.batch_size):
             x = to_model_range(val[i : i + self.batch_size].to(self.device))
-            with autocast(self.cfg.train.precision, self.device):
+            with self.speed.autocast():
                 losses = self.method.validation_step(x, generator)
             for k, v in losses.items():
                 totals[k] = totals.get(k, 0) + v.float() * len(x)
@@ -216,7 +215,7 @@ class Trainer:
         if self.method.has_encoder:
             source = self.data.val if self.data.val is not None else self.data.train
             originals = source[:RECONSTRUCTION_IMAGES]
-            with autocast(self.cfg.train.precision, self.device):
+            with self.speed.autocast():
                 recon = self.method.reconstruct(to_model_range(originals.to(self.device)))
             grid = pair_grid(originals, to_uint8(recon).cpu())
             save_grid(grid, self.run_dir / "reconstructions" / f"{tag}.png")
@@ -330,11 +329,11 @@ class Trainer:
                     x = to_model_range(batch.to(self.device, non_blocking=True))
                     if augment.active:
                         x = augment(x)
-                    if self.channels_last:
+                    if self.speed.channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
                     begin_step(self.speed)
                     try:
-                        with autocast(self.precision, self.device):
+                        with self.speed.autocast():
                             stats = self.method.train_step(x)
                     except OUT_OF_MEMORY as e:
                         raise GenlabError(self._out_of_memory_message()) from e

@@ -45,6 +45,13 @@ class SpeedPlan:
     def grad_scaler(self) -> bool:
         return self.precision == "fp16"
 
+    def autocast(self):
+        """The autocast context of the plan's precision: bf16 or fp16 autocast, nothing for fp32."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device_type, dtype=dtype)
+
     def describe(self) -> str:
         parts = [{"bf16": "bf16 autocast", "fp16": "fp16 autocast + grad scaler", "fp32": "fp32"}[self.precision]]
         parts.append("channels_last" if self.channels_last else "NCHW")
@@ -65,6 +72,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def fused_optimizers(device: torch.device) -> bool:
+    """Fused Adam (one kernel for all parameters) on CUDA; foreach elsewhere."""
+    return device.type == "cuda"
+
+
 def plan_speed(train_cfg, device: torch.device, distributed: bool = False) -> SpeedPlan:
     """The speed settings of a run on ``device`` from its ``train`` config section."""
     cuda = device.type == "cuda"
@@ -73,19 +85,11 @@ def plan_speed(train_cfg, device: torch.device, distributed: bool = False) -> Sp
         device_type=device.type,
         precision=resolve_precision(train_cfg.precision, device),
         channels_last=bool(train_cfg.channels_last and cuda),  # for cuDNN's tensor-core kernels
-        fused_optimizer=cuda,
+        fused_optimizer=fused_optimizers(device),
         sync_batchnorm=distributed and cuda,  # gloo has no SyncBatchNorm kernels; CPU ranks keep their own
         compile_mode=mode,
         cuda_graphs=cuda and mode in CUDA_GRAPH_MODES,
     )
-
-
-def autocast(precision: str, device: torch.device):
-    """The autocast context of a precision: bf16 or fp16 autocast, or nothing for fp32."""
-    precision = resolve_precision(precision, device)
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def apply_plan(plan: SpeedPlan, method) -> None:
