@@ -354,3 +354,12 @@ def test_a_non_finite_loss_stops_with_exit_1_and_keeps_the_last_good_checkpoint(
     from genlab.train.checkpoint import load_checkpoint
 
     assert load_checkpoint(run / "checkpoints" / "last.pt")["progress"]["step"] == 5
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`genlab presets | head -1`: when the reader has gone, no error line and no traceback."""
+    done = subprocess.Popen([sys.executable, "-m", "genlab", "presets"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    done.stdout.close()  # the reader is gone before genlab writes a line
+    err = done.stderr.read().decode()
+    assert done.wait(timeout=120) == 141
+    assert err == ""
