@@ -70,7 +70,7 @@ def peak_memory(device: torch.device) -> dict:
 
 
 def genlab_route(a) -> dict:
-    from genlab.config import load_config
+    from genlab.resolve import load_config
     from genlab.train.loop import start_training
 
     cfg = load_config(MODELS[a.model], [f"data.root={a.root}", f"train.batch_size={a.batch}",
@@ -91,7 +91,7 @@ def classic_route(a) -> dict:
     from torchvision import datasets, transforms
     from torchvision.transforms import InterpolationMode
 
-    from genlab.config import load_config
+    from genlab.resolve import load_config
     from genlab.methods import METHODS
 
     cfg = load_config(MODELS[a.model], [f"data.root={a.root}"])
@@ -114,7 +114,7 @@ def classic_route(a) -> dict:
         except StopIteration:
             it = iter(loader)
             x, _ = next(it)
-        stats = method.train_step(x.to(a.device, non_blocking=True))
+        stats = method.run_step(x.to(a.device, non_blocking=True), i)
         _ = {k: v.item() for k, v in stats.items()}  # the example prints losses every step: a host sync
         done += len(x) if i >= a.steps else 0
     sync(a.device)
@@ -123,7 +123,7 @@ def classic_route(a) -> dict:
 
 
 def sample_route(a) -> dict:
-    from genlab.config import load_config
+    from genlab.resolve import load_config
     from genlab.methods import METHODS
 
     cfg = load_config(MODELS[a.model], ["data.root=unused"])
@@ -139,13 +139,13 @@ def sample_route(a) -> dict:
 def flops_route(a) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from genlab.config import load_config
+    from genlab.resolve import load_config
     from genlab.methods import METHODS
 
     cfg = load_config(MODELS[a.model], ["data.root=unused"])
     method = METHODS.get(cfg.method)(cfg.model, (3, 64, 64), a.device)
     with FlopCounterMode(display=False) as counter:
-        method.train_step(torch.rand(a.batch, 3, 64, 64, device=a.device) * 2 - 1)
+        method.run_step(torch.rand(a.batch, 3, 64, 64, device=a.device) * 2 - 1, 0)
     return {"train_step_flop": counter.get_total_flops()}
 
 

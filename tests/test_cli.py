@@ -197,14 +197,17 @@ def test_resume_with_a_checkpoint_of_another_family(cli, tmp_path, tiny_run):
     (tiny_run / "checkpoints" / "last.pt").write_bytes(gan_ckpt.read_bytes())
     before = digest(tiny_run)
     code, _, err = cli("train", "--resume", tiny_run, "train.epochs=5")
-    assert_one_line_error(code, err, "'dcgan' checkpoint", "'vae' run")
+    assert_one_line_error(code, err, "'gan' checkpoint", "'vae' run")
     assert digest(tiny_run) == before
 
 
 def test_a_file_that_is_not_a_checkpoint(cli, tmp_path, tiny_run):
     (tiny_run / "checkpoints" / "last.pt").write_bytes(b"garbage")
+    (tiny_run / "checkpoints" / "last-inference.pt").write_bytes(b"garbage")
     before = digest(tiny_run)
-    code, _, err = cli("sample", tiny_run, "--out", tmp_path / "x.png")
+    code, _, err = cli("sample", tiny_run, "--out", tmp_path / "x.png")  # sample reads the lean snapshot
+    assert_one_line_error(code, err, "is not a readable genlab checkpoint", "last-inference.pt")
+    code, _, err = cli("sample", tiny_run, "--out", tmp_path / "x.png", "--raw-weights")  # and this the full one
     assert_one_line_error(code, err, "is not a readable genlab checkpoint", "last.pt")
     code, _, err = cli("train", "--resume", tiny_run)
     assert_one_line_error(code, err, "is not a readable genlab checkpoint")
@@ -225,7 +228,7 @@ def test_reconstruct_a_family_without_an_encoder(cli, tmp_path):
     runs = tmp_path / "runs"
     assert cli("train", "tiny-dcgan", "train.epochs=1", "--runs-dir", runs, "--quiet")[0] == 0
     code, _, err = cli("reconstruct", only_run(runs), "--out", tmp_path / "r.png")
-    assert_one_line_error(code, err, "'dcgan' model, which has no encoder")
+    assert_one_line_error(code, err, "'gan' model, which has no encoder")
     assert not (tmp_path / "r.png").exists()
 
 
@@ -323,14 +326,25 @@ def test_data_bad_key_and_missing_root(cli, tmp_path):
 
 
 def test_training_with_augmentation_and_diffaugment(cli, tmp_path):
-    runs = tmp_path / "runs"
-    code, _, err = cli("train", "tiny-vae", "train.epochs=1", "data.augment.hflip=true", "data.augment.rotate=10",
-                       "data.augment.blur_sigma=1.0", "data.augment.color_jitter=0.2", "--runs-dir", runs, "--quiet")
-    assert code == 0, err
-    code, _, err = cli("train", "tiny-dcgan", "train.epochs=1", "model.diffaugment=color,translation,cutout",
-                       "--runs-dir", runs, "--quiet")
-    assert code == 0, err
-    code, _, err = cli("train", "tiny-dcgan", "model.diffaugment=colour", "--runs-dir", runs)
+    """Each option changes what the networks see: the same seed with and without it gives other
+    losses (the augmentations really ran), and a wrong policy name is one clear error."""
+    import json
+
+    def train_losses(preset, *overrides):
+        runs = tmp_path / f"runs-{len(list(tmp_path.iterdir()))}"
+        code, _, err = cli("train", preset, "train.epochs=1", *overrides, "--runs-dir", runs, "--quiet")
+        assert code == 0, err
+        records = [json.loads(l) for l in (only_run(runs) / "stats.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k.startswith(("loss", "val_"))} for r in records if r["kind"] != "eval"]
+
+    plain_vae = train_losses("tiny-vae")
+    assert train_losses("tiny-vae") == plain_vae  # same seed, same numbers: a difference below is the option
+    for option in ("data.augment.hflip=true", "data.augment.rotate=10", "data.augment.blur_sigma=1.0",
+                   "data.augment.color_jitter=0.2"):
+        assert train_losses("tiny-vae", option) != plain_vae, option
+    plain_gan = train_losses("tiny-dcgan")
+    assert train_losses("tiny-dcgan", "model.diffaugment=color,translation,cutout") != plain_gan
+    code, _, err = cli("train", "tiny-dcgan", "model.diffaugment=colour", "--runs-dir", tmp_path / "bad")
     assert_one_line_error(code, err, "unknown policy 'colour'")
 
 
@@ -341,9 +355,9 @@ def test_a_non_finite_loss_stops_with_exit_1_and_keeps_the_last_good_checkpoint(
 
     original, calls = VAEMethod.train_step, {"n": 0}
 
-    def diverging(self, x):
+    def diverging(self, x, step):
         calls["n"] += 1
-        stats = original(self, x)
+        stats = original(self, x, step)
         return stats if calls["n"] <= 5 else {k: torch.tensor(float("nan")) for k in stats}
 
     monkeypatch.setattr(VAEMethod, "train_step", diverging)

@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from genlab.config import AugmentConfig, DataConfig, load_config
+from genlab.config import AugmentConfig, DataConfig
+from genlab.resolve import load_config
 from genlab.data import load_dataset, prepare, to_model_range, to_uint8
 from genlab.data import cache as cache_module
 from genlab.data.cache import cache_path, list_catalog, read_meta
@@ -435,8 +436,22 @@ def test_diffaugment_is_differentiable_and_does_what_it_says():
     assert y.shape == x.shape and x.grad is not None and x.grad.abs().sum() > 0
     cut = _diff_cutout(x.detach())
     assert ((cut == 0).all(1).flatten(1).sum(1) > 0).all()  # each image lost a square
-    moved = _diff_translation(x.detach())
-    assert moved.shape == x.shape
+    # Translation: every image is the input shifted by an integer offset of at most 1/8 of the side
+    # (2 px here), zero where it moved in from outside; offsets differ between images.
+    torch.manual_seed(0)
+    unique = (torch.arange(16 * 16, dtype=torch.float32) + 1).view(1, 1, 16, 16).repeat(32, 1, 1, 1)
+    moved = _diff_translation(unique)
+    offsets = set()
+    for image in moved[:, 0]:
+        (y, x_), = (image == unique[0, 0, 8, 8]).nonzero().tolist()  # where the centre pixel went
+        dy, dx = y - 8, x_ - 8
+        assert abs(dy) <= 2 and abs(dx) <= 2
+        expected = torch.zeros(16, 16)
+        expected[max(dy, 0):16 + min(dy, 0), max(dx, 0):16 + min(dx, 0)] = \
+            unique[0, 0, max(-dy, 0):16 + min(-dy, 0), max(-dx, 0):16 + min(-dx, 0)]
+        assert torch.equal(image, expected)
+        offsets.add((dy, dx))
+    assert len(offsets) > 5
     with pytest.raises(GenlabError, match="unknown policy 'rotate'"):
         parse_policy("color,rotate")
 

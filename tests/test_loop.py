@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from genlab.config import load_config
+from genlab.resolve import load_config
 from genlab.methods import METHODS
 from genlab.methods.base import Method
 from genlab.train.checkpoint import load_checkpoint
@@ -71,7 +71,7 @@ def test_checkpoint_holds_the_full_state(tmp_path):
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
     assert {"genlab_version", "method", "config", "image_shape", "state", "progress", "rng"} <= set(ckpt)
     assert set(ckpt["state"]) == {"networks", "optimizers", "schedulers", "extra"}
-    assert ckpt["state"]["extra"] == {"train_steps": 10}
+    assert ckpt["kind"] == "full" and ckpt["ema"] is None
     assert set(ckpt["rng"]) == {"torch", "cuda", "numpy", "python"}
     assert ckpt["progress"]["step"] == 10 and ckpt["image_shape"] == [1, 16, 16]
     assert (run / "checkpoints" / "best.pt").is_file()
@@ -84,6 +84,8 @@ def test_run_directory_contents(tmp_path):
     for run in (vae, gan):
         assert (run / "config.yaml").is_file() and (run / "log.txt").read_text()
         assert sorted(p.name for p in (run / "samples").iterdir()) == ["epoch-0001.png", "epoch-0002.png"]
+        assert sorted(p.name for p in (run / "checkpoints").iterdir()) == (
+            ["best-inference.pt", "best.pt", "last-inference.pt", "last.pt"] if run == vae else ["last-inference.pt", "last.pt"])
         assert list((run / "tb").glob("events.out.tfevents.*"))
         records = [json.loads(l) for l in (run / "stats.jsonl").read_text().splitlines()]
         steps_per_epoch = {"tiny-vae": 160 // 32, "tiny-dcgan": 200 // 32}[run.name[6:-7]]
@@ -129,7 +131,7 @@ class ScriptedMethod(Method):
     def generate(self, z):
         return torch.zeros(len(z), *self.image_shape)
 
-    def train_step(self, x):
+    def train_step(self, x, step):
         return {"loss": torch.tensor(0.0)}
 
     def validation_step(self, x, generator):
@@ -147,7 +149,7 @@ def test_early_stopping_and_best_checkpoint(tmp_path):
            "data": {"source": "digits", "size": 8, "limit": 60, "val_fraction": 0.5},
            "model": {"val_losses": [3.0, 2.0, 2.5, 2.6, 1.0, 0.5]},
            "train": {"batch_size": 30, "epochs": 6, "patience": 2}}
-    from genlab.config import resolve_config
+    from genlab.resolve import resolve_config
 
     run = start_training(resolve_config(raw), tmp_path, CPU, quiet=True)
     metrics = json.loads((run / "metrics.json").read_text())["train"]
@@ -163,11 +165,11 @@ def test_interrupt_saves_a_checkpoint_that_resumes_exactly(tmp_path, monkeypatch
     straight = start_training(load_config("tiny-vae"), tmp_path, CPU, quiet=True)
     original, calls = VAEMethod.train_step, {"n": 0}
 
-    def interrupted_step(self, x):
+    def interrupted_step(self, x, step):
         calls["n"] += 1
         if calls["n"] == 4:  # Ctrl-C during the fourth step
             raise KeyboardInterrupt
-        return original(self, x)
+        return original(self, x, step)
 
     monkeypatch.setattr(VAEMethod, "train_step", interrupted_step)
     with pytest.raises(KeyboardInterrupt):

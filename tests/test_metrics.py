@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from conftest import only_run
-from genlab.config import DataConfig, load_config
+from genlab.config import DataConfig
+from genlab.resolve import load_config
 from genlab.data import load_dataset, to_model_range, to_uint8
 from genlab.errors import GenlabError
 from genlab.metrics import evaluate as evaluate_module
@@ -214,11 +215,13 @@ def test_bits_per_dim_of_an_exact_uniform_model_is_eight(digits):
 
     class Uniform(Method):
         name = "uniform"
+        has_likelihood = True
 
         def networks(self):
             return {}
 
-        def log_likelihood(self, x, k, calibration):
+        def log_likelihood(self, x):
+            assert x.min() >= -1 and x.max() < 1 and not torch.equal(x, x.round())  # dequantised, in the model's range
             return torch.full((len(x),), -x[0].numel() * math.log(2.0)), "exact"
 
     cfg, data = digits
@@ -234,11 +237,14 @@ def test_vae_bits_per_dim_bound_tightens_with_more_samples(digits):
     cfg, data = digits
     torch.manual_seed(0)
     vae = METHODS.get("vae")(load_config("quickstart").model, (1, 32, 32), CPU)
-    for _ in range(20):
-        vae.train_step(data.train[:64].float() / 127.5 - 1)
-    one = Evaluator(data, cfg, EvalSettings(n=64, iw_samples=1), CPU).bits_per_dim(vae)["bpd"]["value"]
-    many = Evaluator(data, cfg, EvalSettings(n=64, iw_samples=32), CPU).bits_per_dim(vae)["bpd"]["value"]
-    assert math.isfinite(one) and 0 < many <= one + 1e-3
+    for step in range(20):
+        vae.run_step(data.train[:64].float() / 127.5 - 1, step)
+    vae.cfg.iw_samples = 1
+    one = Evaluator(data, cfg, EvalSettings(n=64), CPU).bits_per_dim(vae)["bpd"]
+    vae.cfg.iw_samples = 32
+    many = Evaluator(data, cfg, EvalSettings(n=64), CPU).bits_per_dim(vae)["bpd"]
+    assert math.isfinite(one["value"]) and 0 < many["value"] <= one["value"] + 1e-3
+    assert "k=1" in one["protocol"] and "k=32" in many["protocol"] and "ML fit on 1620 training images" in many["protocol"]
 
 
 def test_ppl_runs_through_torch_fidelity_and_needs_lpips_weights(monkeypatch, tmp_path):
@@ -249,6 +255,9 @@ def test_ppl_runs_through_torch_fidelity_and_needs_lpips_weights(monkeypatch, tm
     gan = METHODS.get("dcgan")(load_config("tiny-dcgan").model, (1, 16, 16), CPU)
     out = ppl.perceptual_path_length(gan, EvalSettings(n=32, batch_size=16), CPU, "genlab-random-standin")
     assert out["ppl"]["value"] > 0 and "STAND-IN" in out["ppl"]["protocol"]
+    # At epsilon 1e-4 the two images of a pair differ by far less than one uint8 level: compared as
+    # uint8 most distances were exactly 0; compared as float images, none is.
+    assert out["ppl"]["zero_distances"] == 0.0 and "float images" in out["ppl"]["protocol"]
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     monkeypatch.setattr(socket, "create_connection", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
     with pytest.raises(GenlabError, match="weights-vgg16-lpips.pth"):
@@ -268,7 +277,7 @@ def test_missing_inception_weights_is_one_clear_error(monkeypatch, tmp_path):
 
 def test_metric_names():
     assert parse_metrics("fid, SSIM,psnr,precision") == ["fid", "recon", "pr"]
-    with pytest.raises(GenlabError, match="unknown metric 'fdi'; did you mean 'fid'"):
+    with pytest.raises(GenlabError, match="unknown metric 'fdi'; did you mean fid"):
         parse_metrics("fdi")
 
 
@@ -283,7 +292,11 @@ def test_evaluation_during_training_drives_best_checkpoint_and_keeps_resume_exac
     straight = start_training(load_config("tiny-vae", over), tmp_path, CPU, quiet=True)
     records = [json.loads(l) for l in (straight / "stats.jsonl").read_text().splitlines()]
     epochs = [r for r in records if r["kind"] == "epoch"]
-    assert all("eval_swd" in r and "eval_bpd" in r and "eval_seconds" in r for r in epochs)
+    assert len(epochs) == 3 and all("eval_swd" in r and "eval_bpd" in r and "eval_seconds" in r for r in epochs)
+    history = [r for r in records if r["kind"] == "eval"]  # every evaluation, with its protocols
+    assert [(r["epoch"], r["step"]) for r in history] == [(r["epoch"], r["step"]) for r in epochs]
+    assert all(r["results"]["swd"]["value"] == e["eval_swd"] and "epoch" in r["results"]["swd"]["protocol"]
+               for r, e in zip(history, epochs))
     best = min(epochs, key=lambda r: r["eval_swd"])
     assert load_checkpoint(straight / "checkpoints" / "best.pt")["progress"]["epoch"] == best["epoch"]
     assert json.loads((straight / "metrics.json").read_text())["train"]["monitor"] == "swd"
@@ -312,11 +325,18 @@ def test_eval_cli_on_a_run(cli, tmp_path):
     assert code == 0, err
     results = json.loads(out)  # stdout holds only JSON
     assert set(results) == {"swd", "msssim", "nn", "mse", "psnr", "ssim", "bpd"}
-    assert all(r["protocol"] and r["checkpoint"] == "last.pt" and r["step"] == 10 for r in results.values())
+    assert all(r["protocol"] and r["checkpoint"] == "last-inference.pt" and r["step"] == 10 for r in results.values())
+    assert "k=4" in results["bpd"]["protocol"] and "raw weights" in results["swd"]["protocol"]
     stored = json.loads((run / "metrics.json").read_text())
     assert set(stored["eval"]) == set(results) and "train" in stored
     code, out, _ = cli("eval", run, "--metrics", "fid,kid", "--extractor", "random-standin", "--n", 40)
     assert code == 0 and out.startswith("fid") and "RANDOM STAND-IN" in out
+    # The history: both evaluations appended to stats.jsonl with their step and protocols, while
+    # metrics.json keeps the latest value per metric.
+    history = [r for r in map(json.loads, (run / "stats.jsonl").read_text().splitlines()) if r["kind"] == "eval"]
+    assert [sorted(r["results"]) for r in history] == [sorted(results), ["fid", "kid"]]
+    assert all(r["step"] == 10 and r["source"] == "genlab eval" for r in history)
+    assert history[0]["results"]["swd"] == results["swd"]
 
 
 def test_eval_cli_bad_input(cli, tmp_path, monkeypatch):
@@ -324,7 +344,7 @@ def test_eval_cli_bad_input(cli, tmp_path, monkeypatch):
     assert cli("train", "tiny-dcgan", "train.epochs=1", "--runs-dir", runs, "--quiet")[0] == 0
     run = only_run(runs)
     code, _, err = cli("eval", run, "--metrics", "recon", "--n", 16)
-    assert code == 2 and "need an encoder" in err and "Traceback" not in err
+    assert code == 2 and "recon needs an encoder, and method 'gan' has none" in err and "Traceback" not in err
     code, _, err = cli("eval", run, "--metrics", "fidd")
     assert code == 2 and "unknown metric 'fidd'" in err
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))

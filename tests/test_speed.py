@@ -8,10 +8,11 @@ import json
 import pytest
 import torch
 
-from genlab.config import load_config
+from genlab.resolve import load_config
 from genlab.errors import GenlabError
 from genlab.methods import METHODS
-from genlab.methods.base import make_optimizer
+from genlab.config import OptimConfig
+from genlab.methods.step import make_optimizer
 from genlab.train import loop
 from genlab.train.checkpoint import load_checkpoint
 from genlab.train.loop import resume_training, start_training
@@ -67,6 +68,7 @@ def test_bf16_autocast_training_on_cpu(tmp_path):
     assert torch.bfloat16 in seen  # the convolutions ran in bf16
     fp32 = start_training(load_config("tiny-vae"), tmp_path, CPU, quiet=True)
     assert "bf16 autocast" in (bf16 / "log.txt").read_text()
+    assert len(epochs(bf16)) == len(epochs(fp32)) == 2
     for a, b in zip(epochs(bf16), epochs(fp32)):  # bf16 has 8 bits of mantissa: close, not equal
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=0.05)
     weights = load_checkpoint(bf16 / "checkpoints" / "last.pt")["state"]["networks"]["encoder"]
@@ -108,9 +110,9 @@ def test_sync_batchnorm_conversion_keeps_what_the_optimizers_hold():
         assert held == {id(p) for p in net.parameters()}  # the optimizer steps the converted layers
     x = torch.rand(8, 1, 16, 16) * 2 - 1
     torch.manual_seed(1)
-    a = plain.train_step(x)
+    a = plain.run_step(x, 0)
     torch.manual_seed(1)
-    b = synced.train_step(x)  # one process: SyncBatchNorm uses the local batch, as BatchNorm does
+    b = synced.run_step(x, 0)  # one process: SyncBatchNorm uses the local batch, as BatchNorm does
     for key in a:
         torch.testing.assert_close(b[key], a[key])
     for p, q in zip(plain.generator.parameters(), synced.generator.parameters()):
@@ -121,8 +123,9 @@ def test_fused_adam_takes_the_same_steps_as_foreach():
     torch.manual_seed(0)
     params = [torch.randn(5, 3, requires_grad=True), torch.randn(7, requires_grad=True)]
     twins = [p.detach().clone().requires_grad_() for p in params]
-    fused = make_optimizer("adamw", params, 1e-2, [0.5, 0.999], 0.01, CUDA)  # the CUDA choice, on CPU tensors
-    foreach = make_optimizer("adamw", twins, 1e-2, [0.5, 0.999], 0.01, CPU)
+    cfg = OptimConfig(name="adamw", lr=1e-2, betas=[0.5, 0.999], weight_decay=0.01)
+    fused = make_optimizer(cfg, params, CUDA)  # the CUDA choice, on CPU tensors
+    foreach = make_optimizer(cfg, twins, CPU)
     assert fused.defaults["fused"] and foreach.defaults["foreach"]
     for step in range(3):
         for group, opt in ((params, fused), (twins, foreach)):
@@ -149,6 +152,7 @@ def test_compiled_training_matches_eager_and_resumes_eagerly(tmp_path):
                               tmp_path, CPU, quiet=True)
     log_text = (compiled / "log.txt").read_text()
     assert "torch.compile(reduce-overhead)" in log_text and "eager mode" not in log_text
+    assert len(epochs(eager)) == len(epochs(compiled)) == 2
     for a, b in zip(epochs(eager), epochs(compiled)):
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4)
     a = load_checkpoint(eager / "checkpoints" / "last.pt")["state"]["networks"]

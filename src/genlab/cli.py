@@ -1,5 +1,9 @@
 """The ``genlab`` command: train | sample | reconstruct | eval | data | presets.
 
+This module parses arguments and prints; the work is done by the library (``genlab.train``,
+``genlab.metrics``, ``genlab.data``, ``genlab.analysis``). Choices come from the registries that
+define them, imported only for the command that needs them, so `genlab --help` stays instant.
+
 Bad input (a wrong path, an unknown key, a checkpoint of another model) ends with one line on
 stderr naming what and where, and exit code 2; ``--debug`` shows the traceback instead.
 """
@@ -28,13 +32,14 @@ examples:
 TRAIN_EXAMPLES = """\
 examples:
   genlab train quickstart
-  genlab train dcgan-digits train.epochs=5 model.latent_dim=64
+  genlab train dcgan-digits train.epochs=5 model.latent_dim=64 train.ema_decay=0.999
   genlab train vae-ck-seed001 data.root=../shared/data/ckplus48 --dry-run
   genlab train --resume runs/00000-quickstart-digits train.epochs=60
 
 Overrides are dotted key=value pairs read as YAML (3, 0.5, true, null, [64, 128]).
-On --resume only train.epochs, train.max_steps, train.patience, train.log_every and
-train.checkpoint_every may change.
+On --resume only how long a run goes on, how it reports and how fast it runs may change
+(train.epochs, train.max_steps, train.patience, train.log_every, train.checkpoint_every,
+train.grid_every, train.num_samples, train.compile, train.compile_mode, train.channels_last).
 """
 
 SAMPLE_EXAMPLES = """\
@@ -42,16 +47,19 @@ examples:
   genlab sample runs/00000-quickstart-digits --n 64 --out grid.png
   genlab sample runs/00000-quickstart-digits --n 16 --seed 100 --out more.png --checkpoint best
   genlab sample runs/00000-quickstart-digits/checkpoints/last.pt --n 1000 --out samples.npz
+  genlab sample runs/00001-dcgan-digits-digits --n 64 --out cool.png sampler.temperature=0.7
 
 Image i of a sample uses seed S + i, so the first 16 of --n 64 equal --n 16 with the same seed.
+Runs trained with EMA sample with the averaged weights; --raw-weights takes the last iterate.
 """
 
 RECONSTRUCT_EXAMPLES = """\
 examples:
   genlab reconstruct runs/00000-quickstart-digits --n 16
-  genlab reconstruct runs/00000-quickstart-digits --n 8 --out recon.png --split train
+  genlab reconstruct runs/00000-quickstart-digits --n 8 --out recon.png --split test --random --seed 3
 
-Writes originals (odd rows) above their reconstructions (even rows) and prints each image's MSE.
+Writes originals (odd rows) above their reconstructions (even rows) and prints each image's MSE,
+PSNR and SSIM in [0,1] units (pixels / 255), the units of `genlab eval --metrics recon`.
 """
 
 DATA_EXAMPLES = """\
@@ -73,9 +81,8 @@ examples:
   genlab eval --real celeba --root ../shared/data/celeba --fake samples.npz --metrics swd,msssim
   genlab eval runs/00000-quickstart-digits --metrics swd --n 1000 --json > result.json
 
-Metrics: fid kid is pr (Inception, torch-fidelity), ppl (LPIPS), swd, msssim (diversity), nn
-(nearest training image), recon (mse, psnr, ssim), bpd (bits per dimension). Results are added to
-the run's metrics.json, each with its protocol. --json prints only JSON on stdout.
+Results are added to the run's metrics.json (the latest per metric) and appended to its
+stats.jsonl (every evaluation), each with its protocol. --json prints only JSON on stdout.
 """
 
 PRESETS_EXAMPLES = """\
@@ -84,6 +91,8 @@ examples:
   genlab train <name> --dry-run      show a preset's full resolved configuration
 """
 
+CHECKPOINTS = ("last", "best")
+
 
 def _common(parser: argparse.ArgumentParser, device: bool = True) -> None:
     if device:
@@ -91,7 +100,17 @@ def _common(parser: argparse.ArgumentParser, device: bool = True) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _metrics_help() -> str:
+    from genlab.metrics.table import ALL_METRICS, METRICS
+
+    return "; ".join(f"{m} ({METRICS.get(m).summary})" for m in ALL_METRICS)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; registries that only one command needs are imported when that is ``command``."""
+    from genlab.metrics.settings import EvalSettings
+
+    defaults = EvalSettings()
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="genlab", description="Train, evaluate and compare deep generative image models.",
@@ -114,11 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="generate images from a trained run", description="Generate images from a trained run.",
                        epilog=SAMPLE_EXAMPLES, formatter_class=fmt)
     p.add_argument("run", type=Path, metavar="RUN_DIR", help="run directory, or a checkpoint file")
+    p.add_argument("overrides", nargs="*", metavar="sampler.key=value", help="sampler settings (default: the run's)")
     p.add_argument("--n", type=int, default=64, help="number of images (default: 64)")
     p.add_argument("--out", type=Path, default=Path("samples.png"), help=".png grid or .npz array (default: samples.png)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image (default: 0)")
-    p.add_argument("--checkpoint", default="last", help="last | best (default: last)")
-    p.add_argument("--batch-size", type=int, default=256, help="images generated at once (default: 256)")
+    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="last", help="which checkpoint of a run (default: last)")
+    p.add_argument("--raw-weights", action="store_true", help="the last iterate instead of the EMA weights")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images generated at once")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     _common(p)
 
@@ -128,29 +149,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path, metavar="RUN_DIR", help="run directory, or a checkpoint file")
     p.add_argument("--n", type=int, default=16, help="number of images (default: 16)")
     p.add_argument("--out", type=Path, default=Path("reconstructions.png"), help="output grid (default: reconstructions.png)")
-    p.add_argument("--split", choices=("val", "train"), default="val", help="which split to take images from (default: val)")
-    p.add_argument("--checkpoint", default="last", help="last | best (default: last)")
+    p.add_argument("--split", choices=("val", "test", "train"), default="val", help="which split (default: val)")
+    p.add_argument("--random", action="store_true", help="a seeded random choice of images instead of the first --n")
+    p.add_argument("--seed", type=int, default=0, help="seed of --random (default: 0)")
+    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="last", help="which checkpoint of a run (default: last)")
+    p.add_argument("--raw-weights", action="store_true", help="the last iterate instead of the EMA weights")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     _common(p)
 
+    extractors = None
+    if command == "eval":
+        from genlab.metrics.features import EXTRACTORS
+
+        extractors = EXTRACTORS.names()
     p = sub.add_parser("eval", help="evaluate a run (or a folder of images) under one protocol",
                        description="Evaluate a trained run, or any images against a data set, under one protocol.",
                        epilog=EVAL_EXAMPLES, formatter_class=fmt)
     p.add_argument("run", type=Path, nargs="?", metavar="RUN_DIR", help="run directory or checkpoint file")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="data keys for --real (size=64 ...)")
-    p.add_argument("--metrics", default=None, help="comma-separated (default: all that apply)")
-    p.add_argument("--n", type=int, default=50_000, help="generated images (default: 50000, the FID protocol)")
+    p.add_argument("--metrics", default=None,
+                   help=f"comma-separated (default: all the run's family can give, except ppl): {_metrics_help()}")
+    p.add_argument("--n", type=int, default=defaults.n, help=f"generated images (default: {defaults.n}, the FID protocol)")
     p.add_argument("--split", choices=("train", "val", "test"), default=None,
                    help="reference split (default train) and held-out split for recon/bpd (default test, else val)")
-    p.add_argument("--checkpoint", default="last", help="last | best (default: last)")
+    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="last", help="which checkpoint of a run (default: last)")
+    p.add_argument("--raw-weights", action="store_true", help="the last iterate instead of the EMA weights")
     p.add_argument("--real", metavar="SOURCE", help="score --fake images against this data source or preset")
     p.add_argument("--root", help="data root for --real")
     p.add_argument("--fake", type=Path, metavar="DIR_OR_NPZ", help="images to score: a folder or an .npz with 'images'")
-    p.add_argument("--extractor", default="inception-v3-compat", help="inception-v3-compat | random-standin")
+    p.add_argument("--extractor", default=defaults.extractor, choices=extractors,
+                   help=f"feature extractor of fid/kid/is/pr (default: {defaults.extractor})")
     p.add_argument("--inception-weights", metavar="FILE", help="a local copy of the Inception weights")
-    p.add_argument("--iw-samples", type=int, default=64, help="k of the importance-weighted bound for bpd (default 64)")
-    p.add_argument("--seed", type=int, default=0, help="first sample seed (default 0)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--iw-samples", type=int, default=None,
+                   help="k of a VAE's importance-weighted bound for bpd (default: the run's model.iw_samples)")
+    p.add_argument("--seed", type=int, default=defaults.seed, help=f"first sample seed (default {defaults.seed})")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--json", action="store_true", help="print only JSON on stdout")
     _common(p)
 
@@ -168,10 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "prepare":
             q.add_argument("--force", action="store_true", help="rebuild the cache even if it exists")
         _common(q, device=False)
-    q = data_sub.add_parser("download", help="download celeba or cifar10 from the official sources",
+    from genlab.data.download import DOWNLOADS
+
+    q = data_sub.add_parser("download", help="download a data set from its official source",
                             description="Download a data set from its official source and verify checksums.",
                             epilog=DATA_EXAMPLES, formatter_class=fmt)
-    q.add_argument("dataset", choices=("celeba", "cifar10"))
+    q.add_argument("dataset", choices=sorted(DOWNLOADS))
     q.add_argument("--root", type=Path, required=True, help="folder to download into")
     _common(q, device=False)
 
@@ -213,6 +248,11 @@ def _check_output(path: Path, force: bool, suffixes: tuple[str, ...]) -> None:
         raise GenlabError(f"--out {path}: folder {path.parent} does not exist")
 
 
+def _positive(name: str, value: int) -> None:
+    if value < 1:
+        raise GenlabError(f"{name} must be at least 1, got {value}")
+
+
 def _train_device(args):
     """The device and distributed role: torchrun's environment, when present, decides both."""
     import torch
@@ -249,24 +289,22 @@ def _launch_torchrun(args, argv: list[str]) -> int:
     return subprocess.call(command)
 
 
-def _exit_code(run_dir: Path) -> int:
-    """1 when training stopped on a non-finite loss (the run is kept, its last good checkpoint too)."""
-    import json
+def _load_model(args, device):
+    """The model a RUN_DIR or checkpoint holds, with the sampler overrides given on the line."""
+    from genlab.train.checkpoint import build_method_from_checkpoint
+    from genlab.train.rundir import find_checkpoint
 
-    metrics = run_dir / "metrics.json"
-    if metrics.exists() and json.loads(metrics.read_text()).get("train", {}).get("stopped_because") == "non_finite_loss":
-        return 1
-    return 0
+    path = find_checkpoint(args.run, args.checkpoint, inference=not args.raw_weights)
+    method, cfg, payload = build_method_from_checkpoint(path, device, raw_weights=args.raw_weights)
+    return path, method, cfg, payload
 
 
 def cmd_train(args) -> int:
-    import os
+    from genlab.config import config_to_yaml
+    from genlab.resolve import load_config
+    from genlab.train.loop import exit_code, resume_training, resumed_config, start_training
 
-    from genlab.config import config_to_yaml, load_config
-    from genlab.train.loop import resume_training, start_training
-
-    if args.gpus < 1:
-        raise GenlabError(f"--gpus must be at least 1, got {args.gpus}")
+    _positive("--gpus", args.gpus)
     if args.gpus > 1 and "WORLD_SIZE" not in os.environ:
         return _launch_torchrun(args, args.argv)
 
@@ -279,14 +317,10 @@ def cmd_train(args) -> int:
         if preset is not None:
             raise GenlabError("give either a preset or --resume RUN_DIR, not both")
         if args.dry_run:
-            from genlab.train.checkpoint import config_from_checkpoint, load_checkpoint
-            from genlab.train.rundir import checkpoint_path, require_run_dir
-
-            last = checkpoint_path(require_run_dir(args.resume))
-            print(config_to_yaml(config_from_checkpoint(load_checkpoint(last), last)), end="")
+            print(config_to_yaml(resumed_config(args.resume, overrides)), end="")
             return 0
         device, info = _train_device(args)
-        return _exit_code(resume_training(args.resume, overrides, device, quiet=args.quiet, info=info))
+        return exit_code(resume_training(args.resume, overrides, device, quiet=args.quiet, info=info))
     if preset is None:
         raise GenlabError("name a preset (see `genlab presets`) or --resume RUN_DIR")
     cfg = load_config(preset, overrides)
@@ -294,66 +328,64 @@ def cmd_train(args) -> int:
         print(config_to_yaml(cfg), end="")
         return 0
     device, info = _train_device(args)
-    return _exit_code(start_training(cfg, args.runs_dir, device, quiet=args.quiet, info=info))
+    return exit_code(start_training(cfg, args.runs_dir, device, quiet=args.quiet, info=info))
 
 
 def cmd_sample(args) -> int:
     import numpy as np
 
-    from genlab.train.checkpoint import build_method_from_checkpoint
+    from genlab.resolve import with_sampler_overrides
+    from genlab.samplers import describe
     from genlab.train.loop import resolve_device
-    from genlab.train.rundir import find_checkpoint, image_grid, save_grid
+    from genlab.train.rundir import image_grid, save_grid
 
-    if args.n < 1:
-        raise GenlabError(f"--n must be at least 1, got {args.n}")
+    _positive("--n", args.n)
+    _positive("--batch-size", args.batch_size)
     _check_output(args.out, args.force, (".png", ".npz"))
     device = resolve_device(args.device)
-    method, cfg, _ = build_method_from_checkpoint(find_checkpoint(args.run, args.checkpoint), device)
+    path, method, cfg, payload = _load_model(args, device)
+    if args.overrides:
+        method.sampling = with_sampler_overrides(cfg, args.overrides).sampler
     images = method.sample(args.n, args.seed, batch_size=args.batch_size)
     if args.out.suffix.lower() == ".npz":
         np.savez_compressed(args.out, images=images.numpy(), seeds=np.arange(args.seed, args.seed + args.n))
     else:
         save_grid(image_grid(images), args.out)
-    log.info("wrote %d %s samples (seeds %d..%d) to %s", args.n, cfg.method, args.seed, args.seed + args.n - 1, args.out)
+    log.info("wrote %d %s samples (seeds %d..%d, sampler %s, %s weights) to %s", args.n, cfg.method, args.seed,
+             args.seed + args.n - 1, describe(method.sampling), payload["weights_used"], args.out)
     return 0
 
 
 def cmd_reconstruct(args) -> int:
-    from genlab.data import build_dataset, to_model_range, to_uint8
-    from genlab.train.checkpoint import build_method_from_checkpoint
+    from genlab.analysis.reconstruct import UNITS, pick_images, reconstruct_with_metrics
+    from genlab.data import build_dataset
     from genlab.train.loop import resolve_device
-    from genlab.train.rundir import find_checkpoint, pair_grid, save_grid
+    from genlab.train.rundir import pair_grid, save_grid
 
-    if args.n < 1:
-        raise GenlabError(f"--n must be at least 1, got {args.n}")
+    _positive("--n", args.n)
     _check_output(args.out, args.force, (".png",))
     device = resolve_device(args.device)
-    path = find_checkpoint(args.run, args.checkpoint)
-    method, cfg, _ = build_method_from_checkpoint(path, device)
+    path, method, cfg, _ = _load_model(args, device)
     if not method.has_encoder:
         raise GenlabError(f"{path} is a {cfg.method!r} model, which has no encoder; reconstruct needs one (e.g. vae)")
     data = build_dataset(cfg.data)
-    source = data.val if args.split == "val" and data.val is not None else data.train
-    if args.split == "val" and data.val is None:
-        log.warning("this run has no validation split; reconstructing training images")
-    originals = source[: args.n]
-    method.eval()
-    recon = to_uint8(method.reconstruct(to_model_range(originals.to(device)))).cpu()
+    originals, index = pick_images(data, args.split, args.n, args.seed if args.random else None)
+    recon, metrics = reconstruct_with_metrics(method, originals, device)
     save_grid(pair_grid(originals, recon), args.out)
-    # Per-image MSE in the model's [-1, 1] range, as seed 004's table reports it.
-    mse = (to_model_range(recon) - to_model_range(originals)).square().flatten(1).mean(1)
-    print("image  mse([-1,1])")
-    for i, value in enumerate(mse.tolist()):
-        print(f"{i:5d}  {value:.5f}")
-    print(f" mean  {mse.mean().item():.5f}")
+    print(f"{args.split} image    mse        psnr (dB)  ssim     [{UNITS}]")
+    for row, i in enumerate(index):
+        print(f"{i:9d}  {metrics['mse'][row].item():.6f}  {metrics['psnr'][row].item():9.3f}  {metrics['ssim'][row].item():.4f}")
+    print(f"     mean  {metrics['mse'].mean().item():.6f}  {metrics['psnr'].mean().item():9.3f}  "
+          f"{metrics['ssim'].mean().item():.4f}")
     log.info("wrote %d reconstructions to %s", len(originals), args.out)
     return 0
 
 
 def _data_config(args):
     """DataConfig from SOURCE (a source or a preset), --root, --strict and data key=value overrides."""
-    from genlab.config import apply_overrides, load_preset, resolve_config
+    from genlab.config import apply_overrides, load_preset
     from genlab.data import SOURCES
+    from genlab.resolve import resolve_config
 
     if args.source in SOURCES:
         raw = {"data": {"source": args.source}}
@@ -375,150 +407,75 @@ def cmd_data(args) -> int:
         path = DOWNLOADS[args.dataset](args.root.expanduser())
         print(f"{args.dataset} is ready in {path}")
         return 0
-    from genlab.data import prepare
-    from genlab.data.cache import read_meta
-
     cfg = _data_config(args)
     if args.data_command == "prepare":
+        from genlab.data import prepare
+        from genlab.data.cache import read_meta
+
         path = prepare(cfg, force=args.force)
         meta = read_meta(path)
         counts = ", ".join(f"{k} {v}" for k, v in meta["counts"].items())
         print(f"{meta['name']}: {counts}; {len(meta['skipped'])} skipped; cache {path}")
         return 0
-    return data_info(cfg)
+    from genlab.data.inspect import format_info, inspect_source
 
-
-def data_info(cfg) -> int:
-    from collections import Counter
-
-    from genlab.data.cache import CACHE_FORMAT, cache_path, list_catalog, read_meta
-    from genlab.data.splits import SPLITS, assign_splits
-
-    catalog = list_catalog(cfg)
-    splits = assign_splits(catalog, cfg)
-    scheme = "official" if cfg.split == "official" or (cfg.split == "auto" and catalog.has_official_split) else "random"
-    print(f"source   {cfg.source}" + (f" ({cfg.root})" if cfg.root else ""))
-    print(f"items    {len(catalog)}")
-    for note in catalog.notes:
-        print(f"note     {note}")
-    print(f"splits   {', '.join(f'{s} {len(splits[s])}' for s in SPLITS)} ({scheme}"
-          + (f", seed {cfg.split_seed}" if scheme == "random" or catalog.official.count('val') == 0 else "") + ")")
-    if cfg.num_parts > 1:
-        print(f"parts    train cut into {cfg.num_parts} equal parts of {len(splits['train']) // cfg.num_parts}; using part {cfg.part}")
-    sizes, modes, failed = Counter(), Counter(), 0
-    step = max(1, len(catalog) // 50)
-    for i in range(0, len(catalog), step):  # up to 50 items spread over the set
-        try:
-            raw = catalog.decode(i)
-        except Exception:
-            failed += 1
-            continue
-        if hasattr(raw, "mode"):
-            sizes[f"{raw.size[0]}x{raw.size[1]}"] += 1
-            modes[raw.mode] += 1
-        else:
-            sizes[f"{raw.shape[1]}x{raw.shape[0]}"] += 1
-            modes["L" if raw.ndim == 2 else "RGB"] += 1
-    looked = sum(sizes.values()) + failed
-    print(f"images   {', '.join(f'{k} ({v})' for k, v in sizes.most_common(3))}; modes "
-          f"{', '.join(f'{k} ({v})' for k, v in modes.most_common())}" + (f"; {failed} unreadable" if failed else "")
-          + f" - of {looked} sampled")
-    if catalog.labels is not None:
-        print(f"labels   {len(set(catalog.labels))} classes" + (f": {', '.join(catalog.label_names[:10])}"
-                                                                 if 0 < len(catalog.label_names) <= 10 else ""))
-    if catalog.attributes is not None:
-        print(f"attrs    {len(catalog.attribute_names)} attributes")
-    print(f"output   {cfg.size}x{cfg.size}, {cfg.channels} channel(s), crop {cfg.crop or 'largest centred square'}, "
-          f"filter {cfg.resize_filter}")
-    path = cache_path(cfg, catalog)
-    meta = read_meta(path)
-    if meta is None:
-        print(f"cache    not prepared (would be {path})")
-    elif meta.get("format") != CACHE_FORMAT:
-        print(f"cache    {path} is of another format ({meta.get('format')}); it will be rebuilt")
-    else:
-        print(f"cache    ready at {path} ({', '.join(f'{k} {v}' for k, v in meta['counts'].items())}; "
-              f"{len(meta['skipped'])} skipped; prepared in {meta['prepare_seconds']} s)")
+    print(format_info(inspect_source(cfg)))
     return 0
-
-
-def _load_fake_images(path: Path, channels: int, size: int):
-    """Images to score: an .npz (key 'images', uint8 N x C x H x W) or a folder, as a uint8 tensor."""
-    import numpy as np
-    import torch
-
-    if not path.exists():
-        raise GenlabError(f"--fake: no such file or folder: {path}")
-    if path.suffix == ".npz":
-        try:
-            images = np.load(path)["images"]
-        except Exception as e:
-            raise GenlabError(f"--fake {path}: not an .npz with an 'images' array ({e})") from e
-        if images.dtype != np.uint8 or images.ndim != 4:
-            raise GenlabError(f"--fake {path}: 'images' must be uint8 (N, C, H, W), got {images.dtype} {images.shape}")
-        return torch.from_numpy(images)
-    from genlab.config import DataConfig
-    from genlab.data import load_dataset
-
-    data = load_dataset(DataConfig(source="folder", root=str(path), size=size, channels=channels,
-                                   val_fraction=0.0, split="random"))
-    return data.train
 
 
 def cmd_eval(args) -> int:
     import json
 
     from genlab.data import build_dataset
-    from genlab.metrics.evaluate import ALL_METRICS, INCEPTION_METRICS, OFFLINE_METRICS, EvalSettings, Evaluator, parse_metrics
+    from genlab.metrics.evaluate import Evaluator
+    from genlab.metrics.settings import EvalSettings
+    from genlab.metrics.table import SAMPLE_METRICS, default_metrics, parse_metrics
     from genlab.train.loop import resolve_device
-    from genlab.train.rundir import update_json
 
-    if args.n < 1:
-        raise GenlabError(f"--n must be at least 1, got {args.n}")
+    _positive("--n", args.n)
+    _positive("--batch-size", args.batch_size)
     device = resolve_device(args.device)
     settings = EvalSettings(n=args.n, split=args.split, extractor=args.extractor, inception_weights=args.inception_weights,
-                            batch_size=args.batch_size, seed=args.seed, iw_samples=args.iw_samples)
-    from genlab.metrics.features import EXTRACTORS
-
-    EXTRACTORS.get(args.extractor)  # an unknown name fails here, before any work
+                            batch_size=args.batch_size, seed=args.seed)
     if args.run is not None and "=" in str(args.run) and not args.run.exists():  # `--real digits size=32`
         args.overrides, args.run = [str(args.run)] + list(args.overrides), None
     if args.real is not None or args.fake is not None:
+        from genlab.metrics.inputs import load_images
+
         if args.real is None or args.fake is None or args.run is not None:
             raise GenlabError("scoring images needs both --real SOURCE and --fake DIR_OR_NPZ, and no RUN_DIR")
         args.source, args.strict = args.real, False
         data_cfg = _data_config(args)
-        metrics = parse_metrics(args.metrics or ",".join(INCEPTION_METRICS + OFFLINE_METRICS))
-        model_only = [m for m in metrics if m not in INCEPTION_METRICS + OFFLINE_METRICS]
+        metrics = parse_metrics(args.metrics or list(SAMPLE_METRICS))
+        model_only = [m for m in metrics if m not in SAMPLE_METRICS]
         if model_only:
             raise GenlabError(f"{', '.join(model_only)} need a model; give a RUN_DIR instead of --fake")
         data = build_dataset(data_cfg)
-        fake = _load_fake_images(args.fake, data_cfg.channels, data_cfg.size)
-        evaluator = Evaluator(data, data_cfg, settings, device)
-        results = evaluator.score_images(fake, metrics, f"{len(fake)} images from {args.fake}")
+        fake = load_images(args.fake, data_cfg.channels, data_cfg.size)
+        results = Evaluator(data, data_cfg, settings, device).score_images(fake, metrics, f"{len(fake)} images from {args.fake}")
     else:
+        from genlab.train.checkpoint import weights_description
+        from genlab.train.rundir import record_evaluation
+
         if args.run is None:
             raise GenlabError("give a RUN_DIR, or --real SOURCE --fake DIR_OR_NPZ")
         if args.overrides:
             raise GenlabError(f"unexpected {' '.join(args.overrides)}: data keys only go with --real")
-        from genlab.train.checkpoint import build_method_from_checkpoint
-        from genlab.train.rundir import find_checkpoint
-
-        path = find_checkpoint(args.run, args.checkpoint)
-        method, cfg, payload = build_method_from_checkpoint(path, device)
-        default = [m for m in ALL_METRICS if m != "ppl" and (m != "recon" or method.has_encoder)
-                   and (m != "bpd" or cfg.method == "vae")]
-        metrics = parse_metrics(args.metrics or default)
+        path, method, cfg, payload = _load_model(args, device)
+        if args.iw_samples is not None:
+            if not hasattr(cfg.model, "iw_samples"):
+                raise GenlabError(f"--iw-samples: method {cfg.method!r} has no importance-weighted bound (model.iw_samples)")
+            _positive("--iw-samples", args.iw_samples)
+            cfg.model.iw_samples = args.iw_samples
+        metrics = parse_metrics(args.metrics) if args.metrics else default_metrics(type(method))
         data = build_dataset(cfg.data)
-        evaluator = Evaluator(data, cfg.data, settings, device)
-        label = f"{cfg.method} {path.name} at step {payload['progress']['step']}"
-        results, _ = evaluator.score_method(method, metrics, label)
+        step = payload["progress"]["step"]
+        label = f"{cfg.method} {path.name} at step {step}, {weights_description(payload)}"
+        results, _ = Evaluator(data, cfg.data, settings, device).score_method(method, metrics, label)
         for r in results.values():
-            r.update({"checkpoint": path.name, "step": payload["progress"]["step"]})
+            r.update({"checkpoint": path.name, "step": step})
         if args.run.is_dir():
-            metrics_file = args.run / "metrics.json"
-            existing = json.loads(metrics_file.read_text()).get("eval", {}) if metrics_file.exists() else {}
-            update_json(metrics_file, {"eval": existing | results})
+            record_evaluation(args.run, results, step, path.name, weights_description(payload))
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -544,8 +501,13 @@ COMMANDS = {"train": cmd_train, "sample": cmd_sample, "reconstruct": cmd_reconst
             "presets": cmd_presets}
 
 
+def _command_in(argv: list[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_in(argv))
     # key=value overrides may stand anywhere on the line, also after options such as --root DIR.
     args, extra = parser.parse_known_args(argv)
     stray = [a for a in extra if a.startswith("-") or "=" not in a]
@@ -553,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = list(args.overrides) + extra
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.argv = argv
     if args.command is None:
         parser.print_help()
         return 2

@@ -1,11 +1,13 @@
 """Typed configuration: dataclasses with every default in one place, YAML presets, dotted overrides.
 
-A run's configuration is resolved in three steps, and the result is saved in the run directory:
+This module is the schema and the parser; it knows no registry. :mod:`genlab.resolve` turns a
+preset plus ``key=value`` overrides into a validated :class:`Config`:
 
 1. a preset (a YAML file shipped in ``genlab/presets`` or a path given by the user) is read;
 2. ``key=value`` overrides with dotted keys (``model.latent_dim=64``) are applied to it;
 3. the nested dict is turned into the dataclasses below. The ``model`` section's class is owned by
-   the method (``method: vae`` -> ``VAEConfig``), so each family declares its own options.
+   the method (``method: vae`` -> ``VAEConfig``) and the ``sampler`` section's by the sampler, so
+   each family and each sampler declares its own options.
 
 Any key that is not a field is an error naming the key and the nearest valid keys; any value of
 the wrong type is an error naming the key and the expected type. Nothing is swallowed.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,6 +28,7 @@ from typing import Any
 import yaml
 
 from genlab.errors import GenlabError
+from genlab.metrics.settings import DEFAULT_EXTRACTOR, TRAINING_N
 
 
 @dataclass
@@ -65,18 +69,19 @@ class DataConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation during training (the same protocol as `genlab eval`)."""
+    """Evaluation during training (the same protocol and table as `genlab eval`)."""
 
     every: int = 0  # epochs between evaluations; 0 = never during training
     metrics: list[str] = field(default_factory=lambda: ["fid"])  # any of genlab eval's metrics
-    n: int = 10_000  # generated images per evaluation
-    extractor: str = "inception-v3-compat"  # feature extractor for fid/kid/is/pr (random-standin: tests only)
+    n: int = TRAINING_N  # generated images per evaluation
+    extractor: str = DEFAULT_EXTRACTOR  # feature extractor for fid/kid/is/pr (random-standin: tests only)
     inception_weights: str | None = None  # a local copy of the Inception weights (offline machines)
 
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 64  # images per optimisation step (clamped to the training set size)
+    batch_size: int = 64  # images per optimisation step, over all processes (clamped to the training set size)
+    accumulate: int = 1  # micro-batches each step's batch is cut into (gradient accumulation: less memory, same batch)
     epochs: int = 10  # passes over the training split
     max_steps: int | None = None  # stop after this many optimisation steps in total (null = no limit)
     patience: int | None = None  # checks without a better monitored value before stopping (null = never)
@@ -86,10 +91,39 @@ class TrainConfig:
     channels_last: bool = True  # NHWC memory layout for networks and batches on CUDA (faster convolutions)
     compile: bool = False  # torch.compile the networks; on failure: a warning and eager mode
     compile_mode: str = "default"  # torch.compile mode; reduce-overhead adds CUDA graphs on CUDA
+    ema_decay: float = 0.0  # exponential moving average of the family's ema_targets, used to sample; 0 = off
+    ema_warmup: bool = True  # decay min(ema_decay, (1 + t) / (10 + t)) at update t, so early weights fade fast
     log_every: int = 20  # steps between reading losses back from the device (stats.jsonl, progress)
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = only at the end of each epoch
-    num_samples: int = 64  # images in the per-epoch sample grid
-    sample_seed: int = 0  # first seed of the per-epoch sample grid (image i uses sample_seed + i)
+    grid_every: int = 1  # epochs between sample (and reconstruction) grids; 0 = only when training ends
+    num_samples: int = 64  # images in the sample grids
+    sample_seed: int = 0  # first seed of the sample grids (image i uses sample_seed + i)
+
+
+@dataclass
+class OptimConfig:
+    """One optimizer and what is done to its gradients; every family reuses it for each optimizer."""
+
+    name: str = "adam"  # adam | adamw (decoupled weight decay, Loshchilov & Hutter 2019) | rmsprop
+    lr: float = 1e-3  # learning rate
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam's beta1, beta2 (rmsprop: alpha = beta2)
+    eps: float = 1e-8  # added to the denominator
+    weight_decay: float = 0.0  # adam: L2 penalty added to the gradient; adamw: decoupled decay
+    lr_gamma: float = 1.0  # the learning rate is multiplied by this after every epoch (1 = constant)
+    grad_clip: float = 0.0  # maximum global norm of this optimizer's gradients per step (0 = no clipping)
+
+    def validate(self, prefix: str = "") -> None:
+        check_choice(f"{prefix}name", self.name, OPTIMIZERS)
+        check_positive(f"{prefix}lr", self.lr)
+        check_positive(f"{prefix}eps", self.eps)
+        check_positive(f"{prefix}weight_decay", self.weight_decay, allow_zero=True)
+        check_positive(f"{prefix}lr_gamma", self.lr_gamma)
+        check_positive(f"{prefix}grad_clip", self.grad_clip, allow_zero=True)
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise GenlabError(f"config key '{prefix}betas' needs two values in [0, 1), got {self.betas}")
+
+
+OPTIMIZERS = ("adam", "adamw", "rmsprop")
 
 
 @dataclass
@@ -101,6 +135,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     model: Any = None  # the method's own dataclass (VAEConfig, GANConfig, ...)
+    sampler: Any = None  # the sampler's own dataclass, with its name (what grids and evaluation sample with)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -264,8 +299,8 @@ def build_dataclass(cls: type, raw: dict[str, Any] | None, prefix: str = "", all
             kwargs[name] = _coerce(value, tp, prefix + name)
     obj = cls(**kwargs)
     check = getattr(obj, "validate", None)
-    if check is not None:
-        check()
+    if check is not None:  # validate(prefix) names nested keys in full ("model.g_optim.lr")
+        check(prefix) if inspect.signature(check).parameters else check()
     return obj
 
 
@@ -279,81 +314,6 @@ def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
 def check_positive(key: str, value: int | float | None, allow_zero: bool = False) -> None:
     if value is not None and (value < 0 or (value == 0 and not allow_zero)):
         raise GenlabError(f"config key {key!r} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-
-
-def validate_config(cfg: Config) -> None:
-    """Cross-field checks that the type annotations cannot express."""
-    from genlab.data import SOURCES
-
-    if cfg.data.source not in SOURCES:
-        check_choice("data.source", cfg.data.source, tuple(SOURCES.names()))
-    from genlab.data.sources import apply_source_defaults
-
-    apply_source_defaults(cfg.data)  # the resolved config (and --dry-run) states every choice
-    check_choice("data.channels", str(cfg.data.channels), ("1", "3"))
-    check_choice("data.resize_filter", cfg.data.resize_filter, ("nearest", "bilinear", "bicubic", "lanczos"))
-    from genlab.train.speed import COMPILE_MODES, PRECISIONS
-
-    check_choice("train.precision", cfg.train.precision, PRECISIONS)
-    check_choice("train.compile_mode", cfg.train.compile_mode, COMPILE_MODES)
-    if cfg.data.size < 8 or cfg.data.size & (cfg.data.size - 1):
-        raise GenlabError(f"config key 'data.size' must be a power of two >= 8 (32 or 64), got {cfg.data.size}")
-    check_choice("data.split", cfg.data.split, ("auto", "official", "random"))
-    for key in ("val_fraction", "test_fraction"):
-        if not 0.0 <= getattr(cfg.data, key) < 1.0:
-            raise GenlabError(f"config key 'data.{key}' must be in [0, 1), got {getattr(cfg.data, key)}")
-    if cfg.data.val_fraction + cfg.data.test_fraction >= 1.0:
-        raise GenlabError("data.val_fraction + data.test_fraction must leave some images for training")
-    check_positive("data.num_parts", cfg.data.num_parts)
-    if not 0 <= cfg.data.part < cfg.data.num_parts:
-        raise GenlabError(f"config key 'data.part' must be in [0, {cfg.data.num_parts}), got {cfg.data.part}")
-    check_positive("data.workers", cfg.data.workers, allow_zero=True)
-    aug = cfg.data.augment
-    for key in ("rotate", "blur_sigma", "color_jitter"):
-        check_positive(f"data.augment.{key}", getattr(aug, key), allow_zero=True)
-    if not 0.0 <= aug.blur_p <= 1.0 or aug.color_jitter >= 1.0:
-        raise GenlabError("data.augment.blur_p must be in [0, 1] and data.augment.color_jitter below 1")
-    for key in ("batch_size", "epochs", "log_every", "num_samples"):
-        check_positive(f"train.{key}", getattr(cfg.train, key))
-    for key in ("max_steps", "patience"):
-        check_positive(f"train.{key}", getattr(cfg.train, key))
-    check_positive("train.checkpoint_every", cfg.train.checkpoint_every, allow_zero=True)
-    check_positive("eval.every", cfg.eval.every, allow_zero=True)
-    check_positive("eval.n", cfg.eval.n)
-    from genlab.metrics.evaluate import ALIASES, parse_metrics
-
-    cfg.eval.metrics = parse_metrics(cfg.eval.metrics)
-    if cfg.train.monitor != "val_loss":
-        metric = ALIASES.get(cfg.train.monitor, cfg.train.monitor)  # precision -> pr, ssim -> recon, ...
-        if cfg.eval.every == 0 or metric not in cfg.eval.metrics:
-            raise GenlabError(f"train.monitor={cfg.train.monitor} needs eval.every > 0 and {metric} in eval.metrics "
-                              f"(now every={cfg.eval.every}, metrics={cfg.eval.metrics})")
-    check_positive("data.crop", cfg.data.crop)
-    check_positive("data.limit", cfg.data.limit)
-
-
-def resolve_config(raw: dict[str, Any]) -> Config:
-    """Nested dict (preset + overrides) -> validated Config with the method's own model section."""
-    from genlab.methods import METHODS
-
-    raw = dict(raw)
-    method_name = raw.get("method", Config.method)
-    if not isinstance(method_name, str):
-        raise GenlabError(f"config key 'method' expects str, got {method_name!r}")
-    method_cls = METHODS.get(method_name)
-    model_raw = raw.pop("model", None) or {}
-    all_keys = _valid_keys(Config) + [f"model.{k}" for k in _valid_keys(method_cls.config_class)]
-    all_keys.remove("model")
-    if not isinstance(model_raw, dict):
-        raise GenlabError("config key 'model' is a section; set its fields, e.g. model.<key>=...")
-    cfg = build_dataclass(Config, raw, "", all_keys)
-    cfg.model = build_dataclass(method_cls.config_class, model_raw, "model.", all_keys)
-    validate_config(cfg)
-    return cfg
-
-
-def load_config(preset: str, overrides: list[str] | None = None) -> Config:
-    return resolve_config(apply_overrides(load_preset(preset), overrides or []))
 
 
 def config_to_yaml(cfg: Config) -> str:

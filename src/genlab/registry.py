@@ -1,9 +1,10 @@
-"""Named, validated registries. Their names are the CLI's and the config's valid choices."""
+"""Named, validated registries. Their names are the CLI's and the config's valid choices, and each
+registry checks its own names: nothing else keeps a second list of them."""
 
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, TypeVar
+from typing import Callable, Generic, Iterator, TypeVar
 
 from genlab.errors import GenlabError
 
@@ -14,25 +15,38 @@ class Registry(Generic[T]):
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._aliases: dict[str, str] = {}  # old or short name -> registered name
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def register(self, name: str, aliases: tuple[str, ...] = ()) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
-            if name in self._entries:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            for key in (name, *aliases):
+                if key in self._entries or key in self._aliases:
+                    raise ValueError(f"{self.kind} {key!r} is registered twice")
             self._entries[name] = obj
+            self._aliases.update({alias: name for alias in aliases})
             return obj
 
         return decorator
 
+    def canonical(self, name: str) -> str:
+        """The registered name for ``name`` or one of its aliases; a GenlabError naming the choices
+        (and the nearest ones) for anything else."""
+        if name in self._entries:
+            return name
+        if name in self._aliases:
+            return self._aliases[name]
+        near = difflib.get_close_matches(name, list(self._entries) + list(self._aliases), n=3, cutoff=0.4)
+        hint = f"; did you mean {', '.join(near)}?" if near else ""
+        raise GenlabError(f"unknown {self.kind} {name!r}{hint} (choices: {', '.join(self.names())})")
+
     def get(self, name: str) -> T:
-        if name not in self._entries:
-            near = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.4)
-            hint = f"; did you mean {', '.join(near)}?" if near else ""
-            raise GenlabError(f"unknown {self.kind} {name!r}{hint} (choices: {', '.join(self.names())})")
-        return self._entries[name]
+        return self._entries[self.canonical(name)]
 
     def names(self) -> list[str]:
         return sorted(self._entries)
 
+    def items(self) -> Iterator[tuple[str, T]]:
+        return iter(sorted(self._entries.items()))
+
     def __contains__(self, name: str) -> bool:
-        return name in self._entries
+        return name in self._entries or name in self._aliases

@@ -7,8 +7,13 @@ stable form of the binary cross-entropy of Goodfellow et al. (2014), eq. 1.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
+
+from genlab.registry import Registry
 
 
 def d_logistic_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, real_label: float = 1.0) -> torch.Tensor:
@@ -36,8 +41,13 @@ def g_least_squares_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return 0.5 * (fake_logits.float() - 1).square()
 
 
-# loss name -> (discriminator loss, generator loss)
-GAN_LOSSES = {
-    "nonsaturating": (d_logistic_loss, g_nonsaturating_loss),
-    "lsgan": (d_least_squares_loss, g_least_squares_loss),
-}
+@dataclass(frozen=True)
+class GANObjective:
+    d_loss: Callable  # (real_logits, fake_logits, real_label) -> per-sample discriminator loss
+    g_loss: Callable  # fake_logits -> per-sample generator loss
+
+
+# ``model.loss``: the objective a GAN is trained with, apart from its architecture (``model.arch``).
+GAN_LOSSES: Registry = Registry("GAN objective")
+GAN_LOSSES.register("nonsaturating")(GANObjective(d_logistic_loss, g_nonsaturating_loss))
+GAN_LOSSES.register("lsgan")(GANObjective(d_least_squares_loss, g_least_squares_loss))

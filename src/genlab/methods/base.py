@@ -1,11 +1,17 @@
-"""What every model family ("method") provides to the one training loop.
+"""What every model family ("method") provides to the one training loop, and what it declares.
 
 A method owns its networks, optimizers and schedules. The loop knows none of them: it hands the
-method batches in [-1, 1] on the right device and reads back a dict of scalar tensors.
+method batches in [-1, 1] on the right device and reads back a dict of scalar tensors. What a
+family can do is declared on its class (``has_encoder``, ``has_likelihood``,
+``has_validation_loss``, ``latent_kind``, ``samplers``, ``ema_targets``) and checked when a config
+is resolved, so asking a family for what it cannot do is refused before training starts.
+
+This module imports nothing from ``genlab.train``.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, ClassVar
 
 import torch
@@ -13,15 +19,10 @@ import torch.nn as nn
 
 from genlab.data.convert import to_uint8
 from genlab.errors import GenlabError
-from genlab.train.speed import fused_optimizers
+from genlab.methods.step import Stepper
+from genlab.samplers import SAMPLERS, SamplerOptions, SeededNoise, default_options
 
-
-def make_optimizer(kind: str, params, lr: float, betas: list[float], weight_decay: float,
-                   device: torch.device) -> torch.optim.Optimizer:
-    """Adam or AdamW; on CUDA the fused kernel (one launch for all parameters), else foreach."""
-    cls = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
-    fast = {"fused": True} if fused_optimizers(device) else {"foreach": True}
-    return cls(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, **fast)
+LATENT_KINDS = ("flat", "image", "none")
 
 
 def unwrap(net: nn.Module) -> nn.Module:
@@ -29,29 +30,28 @@ def unwrap(net: nn.Module) -> nn.Module:
     return net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
 
 
-def latents_from_seeds(n: int, seed: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """One standard-normal latent per image, image i drawn from its own generator seeded ``seed + i``,
-    so a sample never depends on the batch size, the device or how many images are asked for."""
-    out = torch.empty(n, *shape)
-    for i in range(n):
-        out[i] = torch.randn(shape, generator=torch.Generator().manual_seed(seed + i))
-    return out
-
-
 class Method:
     name: ClassVar[str]
     config_class: ClassVar[type]
-    has_encoder: ClassVar[bool] = False
-    has_validation_loss: ClassVar[bool] = False
+
+    # -- declared abilities (checked when a config is resolved) ----------------------------------
+    has_encoder: ClassVar[bool] = False  # reconstruct(x): `genlab reconstruct`, the recon metric
+    has_likelihood: ClassVar[bool] = False  # log_likelihood(x): bits per dimension
+    has_validation_loss: ClassVar[bool] = False  # validation_step(...)["loss"]: early stopping on val_loss, best.pt
+    latent_kind: ClassVar[str] = "flat"  # what generate(z) takes: flat (N, D) | image (N, C, H, W) | none
+    samplers: ClassVar[tuple[str, ...]] = ("latent",)  # samplers it supports; the first is its default
+    ema_targets: ClassVar[tuple[str, ...]] = ()  # networks (names in networks()) averaged when train.ema_decay > 0
 
     def __init__(self, cfg: Any, image_shape: tuple[int, int, int], device: torch.device):
         self.cfg = cfg
         self.image_shape = tuple(image_shape)
         self.device = device
-        self.grad_scaler: torch.amp.GradScaler | None = None  # set by the loop for fp16 training
+        self.stepper = Stepper(self.networks)  # backward, scaler, clipping, accumulation: see methods/step.py
+        self.sampling: SamplerOptions = default_options(self.samplers[0])  # the config's `sampler` section
 
     # -- what a family defines ------------------------------------------------------------------
     def networks(self) -> dict[str, nn.Module]:
+        """Named networks, each also an attribute of that name (DDP wrapping and EMA swap them)."""
         raise NotImplementedError
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -60,55 +60,56 @@ class Method:
     def schedulers(self) -> dict[str, Any]:
         return {}
 
-    def train_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One optimisation step on a batch in [-1, 1]; returns detached scalar tensors (no host sync)."""
+    def train_step(self, x: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        """One optimisation step on a batch in [-1, 1] (``step``: steps done before this one), through
+        ``self.stepper.minimize``; returns detached scalar tensors (no host sync). A key may be
+        returned on some steps only (a loss under n_critic): it is averaged over the steps that have it."""
         raise NotImplementedError
 
     def validation_step(self, x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """Losses on a held-out batch without updating; must include ``loss`` for early stopping."""
-        raise NotImplementedError
-
-    def generate(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents (on the device) -> images in [-1, 1]."""
+        """Losses on a held-out batch without updating; includes ``loss`` (has_validation_loss)."""
         raise NotImplementedError
 
     def latent_shape(self) -> tuple[int, ...]:
+        """Shape of one latent: (D,) for flat latents, (C, H, W) for image-shaped ones."""
         raise NotImplementedError
 
-    def log_likelihood(self, x: torch.Tensor, k: int, calibration: torch.Tensor) -> tuple[torch.Tensor, str]:
-        """Per-image log-density (nats) of continuous images ``x`` in [-1, 1], and a description of
-        how it was obtained ("exact", or the bound used). Families with an exact likelihood (flows)
-        return it and ignore ``k``; ``calibration`` holds training images in [-1, 1] for families
-        that must fit a decoder scale first."""
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents (on the device) -> images in [-1, 1], deterministically (latent_kind flat or image)."""
+        raise GenlabError(f"method {self.name!r} has no deterministic map from latents to images")
+
+    def log_likelihood(self, x: torch.Tensor) -> tuple[torch.Tensor, str]:
+        """Per-image log-density (nats) of continuous (dequantised) images ``x`` in [-1, 1], and how
+        it was obtained ("exact", or the bound used). Options such as a bound's sample count are in
+        the family's config (has_likelihood)."""
         raise GenlabError(f"method {self.name!r} has no likelihood, so bits per dimension are undefined for it")
 
+    def fit_likelihood(self, train_images: torch.Tensor) -> None:
+        """Called once before log_likelihood with training images in [-1, 1], for a family whose
+        likelihood needs statistics of the training data (a VAE's decoder scale); never the
+        evaluated images."""
+
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] -> reconstructions in [-1, 1] (families with an encoder)."""
+        """Images in [-1, 1] -> reconstructions in [-1, 1] (has_encoder)."""
         raise GenlabError(f"method {self.name!r} has no encoder, so it cannot reconstruct")
 
-    # -- shared behaviour -----------------------------------------------------------------------
-    def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, clip: float = 0.0) -> None:
-        """Backward pass and one optimizer step, with optional clipping of the global gradient norm
-        of the optimizer's parameters (0 = off). Every family steps through here."""
-        optimizer.zero_grad(set_to_none=True)
-        scaler = self.grad_scaler
-        if scaler is None:
-            loss.backward()
-        else:  # fp16: scale the loss so small gradients survive; the loop calls scaler.update() per step
-            scaler.scale(loss).backward()
-            if clip > 0:
-                scaler.unscale_(optimizer)
-        if clip > 0:
-            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
-        if scaler is None:
-            optimizer.step()
-        else:
-            scaler.step(optimizer)
+    def extra_state(self) -> dict[str, Any]:
+        """Any further training state a family keeps (counters, running statistics), checkpointed."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
 
     def end_epoch(self) -> None:
         for scheduler in self.schedulers().values():
             scheduler.step()
+
+    # -- shared behaviour -----------------------------------------------------------------------
+    def run_step(self, x: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        """What the loop calls: the family's step, then the step helper's once-per-step work."""
+        stats = self.train_step(x, step)
+        self.stepper.end_step()
+        return stats
 
     def train(self) -> None:
         for net in self.networks().values():
@@ -118,15 +119,44 @@ class Method:
         for net in self.networks().values():
             net.eval()
 
-    @torch.inference_mode()
-    def sample(self, n: int, seed: int, batch_size: int = 256) -> torch.Tensor:
-        """``n`` images as uint8 (n, C, H, W) on the CPU; image i comes from seed ``seed + i``."""
-        was_training = [net.training for net in self.networks().values()]
+    @contextlib.contextmanager
+    def evaluating(self):
+        """Eval mode for the duration (BatchNorm running statistics, no dropout), then each network's
+        previous mode again: reporting never changes the training state."""
+        modes = {name: net.training for name, net in self.networks().items()}
         self.eval()
-        z = latents_from_seeds(n, seed, self.latent_shape())
-        chunks = [to_uint8(self.generate(z[i : i + batch_size].to(self.device))).cpu() for i in range(0, n, batch_size)]
-        for net, mode in zip(self.networks().values(), was_training):
-            net.train(mode)
+        try:
+            yield
+        finally:
+            for name, net in self.networks().items():
+                net.train(modes[name])
+
+    @contextlib.contextmanager
+    def swapped(self, replacements: dict[str, nn.Module]):
+        """The given networks in place of the family's own for the duration (EMA weights for
+        sampling), by the attribute names networks() uses."""
+        own = {name: getattr(self, name) for name in replacements}
+        for name, net in replacements.items():
+            setattr(self, name, net)
+        try:
+            yield
+        finally:
+            for name, net in own.items():
+                setattr(self, name, net)
+
+    def sample_batch(self, seeds, options: SamplerOptions | None = None) -> torch.Tensor:
+        """Images in [-1, 1] for ``seeds`` (one image per seed), through the configured sampler."""
+        options = options or self.sampling
+        noise = SeededNoise(seeds, self.device)
+        return SAMPLERS.get(options.name).fn(self, noise, options)
+
+    @torch.inference_mode()
+    def sample(self, n: int, seed: int, batch_size: int = 256, options: SamplerOptions | None = None) -> torch.Tensor:
+        """``n`` images as uint8 (n, C, H, W) on the CPU; image i is a function of seed ``seed + i``
+        alone (its latent and every later draw come from its own generator), in eval mode."""
+        with self.evaluating():
+            chunks = [to_uint8(self.sample_batch(range(seed + i, seed + min(n, i + batch_size)), options)).cpu()
+                      for i in range(0, n, batch_size)]
         return torch.cat(chunks)
 
     def num_parameters(self) -> dict[str, int]:
@@ -138,13 +168,6 @@ class Method:
         networks as attributes with the keys networks() uses, so this needs nothing from them."""
         for name, net in self.networks().items():
             setattr(self, name, wrap(net))
-
-    def extra_state(self) -> dict[str, Any]:
-        """Any further training state a family keeps (counters, running statistics), checkpointed."""
-        return {}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        pass
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -1,75 +1,75 @@
-"""DCGAN (Radford et al. 2016): one alternating discriminator/generator step per batch."""
+"""GANs: one alternating discriminator/generator step per batch, the network pair from
+``model.arch`` (DCGAN, Radford et al. 2016, today) and the objective from ``model.loss``.
+
+``method: dcgan`` is an alias of ``method: gan`` (the DCGAN architecture is the default)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
-from genlab.config import check_choice, check_positive
+from genlab.config import OptimConfig, check_positive
 from genlab.data.augment import diff_augment, parse_policy
 from genlab.errors import GenlabError
 from genlab.losses.gan import GAN_LOSSES
 from genlab.methods import METHODS
-from genlab.methods.base import Method, make_optimizer
-from genlab.models.blocks import channel_ladder, num_resolution_steps
-from genlab.models.dcgan import DCGANDiscriminator, DCGANGenerator, dcgan_init_
+from genlab.methods.base import Method, unwrap
+from genlab.methods.step import frozen, make_optimizer, make_scheduler
+from genlab.models import GAN_ARCHS
+
+
+def _gan_optim() -> OptimConfig:
+    return OptimConfig(lr=2e-4, betas=[0.5, 0.999])  # DCGAN: Adam, lr 0.0002, beta1 = 0.5
 
 
 @dataclass
 class GANConfig:
+    arch: str = "dcgan"  # generator/discriminator pair (genlab.models.GAN_ARCHS)
+    loss: str = "nonsaturating"  # objective (genlab.losses.gan.GAN_LOSSES): nonsaturating (Goodfellow et al. 2014) | lsgan (Mao et al. 2017)
     latent_dim: int = 100  # size of z (DCGAN uses 100)
     g_widths: list[int] = field(default_factory=list)  # generator channels per step, shallow first; [] = 64, 128, ...
     d_widths: list[int] = field(default_factory=list)  # discriminator channels per step; [] = 64, 128, ...
     base_width: int = 64  # first width when the lists are empty (DCGAN's ngf = ndf = 64)
     d_dropout: float = 0.0  # dropout after each discriminator layer (seed 001 uses 0.1)
-    loss: str = "nonsaturating"  # nonsaturating (BCE, Goodfellow et al. 2014) | lsgan (Mao et al. 2017)
     real_label: float = 1.0  # target for real images; 0.9 is one-sided label smoothing
-    lr_g: float = 2e-4  # generator learning rate (DCGAN: 0.0002)
-    lr_d: float = 2e-4  # discriminator learning rate (TTUR uses a larger one here)
-    betas: list[float] = field(default_factory=lambda: [0.5, 0.999])  # Adam; DCGAN: beta1 = 0.5
     diffaugment: str = ""  # DiffAugment policies for real and fake images, e.g. "color,translation,cutout"
+    g_optim: OptimConfig = field(default_factory=_gan_optim)  # the generator's optimizer
+    d_optim: OptimConfig = field(default_factory=_gan_optim)  # the discriminator's (TTUR: a larger lr here)
 
-    def validate(self) -> None:
-        check_positive("model.latent_dim", self.latent_dim)
-        check_positive("model.base_width", self.base_width)
-        check_positive("model.lr_g", self.lr_g)
-        check_positive("model.lr_d", self.lr_d)
-        check_choice("model.loss", self.loss, tuple(GAN_LOSSES))
+    # Keys of genlab 0.1 presets and checkpoints, and where they live now.
+    RENAMED: ClassVar[dict[str, tuple[str, ...]]] = {
+        "lr_g": ("g_optim.lr",), "lr_d": ("d_optim.lr",), "betas": ("g_optim.betas", "d_optim.betas")}
+
+    def validate(self, prefix: str = "model.") -> None:
+        GAN_ARCHS.canonical(self.arch)
+        GAN_LOSSES.canonical(self.loss)
+        check_positive(f"{prefix}latent_dim", self.latent_dim)
+        check_positive(f"{prefix}base_width", self.base_width)
         parse_policy(self.diffaugment)
         if not 0 <= self.d_dropout < 1:
-            raise GenlabError(f"config key 'model.d_dropout' must be in [0, 1), got {self.d_dropout}")
-        if len(self.betas) != 2:
-            raise GenlabError(f"config key 'model.betas' needs two values, got {self.betas}")
+            raise GenlabError(f"config key '{prefix}d_dropout' must be in [0, 1), got {self.d_dropout}")
 
 
-@METHODS.register("dcgan")
+@METHODS.register("gan", aliases=("dcgan",))
 class GANMethod(Method):
-    name = "dcgan"
+    name = "gan"
     config_class = GANConfig
+    ema_targets = ("generator",)
 
     def __init__(self, cfg: GANConfig, image_shape: tuple[int, int, int], device: torch.device):
         super().__init__(cfg, image_shape, device)
-        channels, size, _ = image_shape
-        steps = num_resolution_steps(size)
-        g_widths = cfg.g_widths or channel_ladder(steps, cfg.base_width)
-        d_widths = cfg.d_widths or channel_ladder(steps, cfg.base_width)
-        for key, widths in (("model.g_widths", g_widths), ("model.d_widths", d_widths)):
-            if len(widths) != steps:
-                raise GenlabError(f"{key} has {len(widths)} entries; {size}x{size} images need {steps}")
-        self.generator = DCGANGenerator(cfg.latent_dim, channels, g_widths).to(device)
-        self.discriminator = DCGANDiscriminator(channels, d_widths, cfg.d_dropout).to(device)
-        dcgan_init_(self.generator)
-        dcgan_init_(self.discriminator)
-        self.opt_g = make_optimizer("adam", self.generator.parameters(), cfg.lr_g, cfg.betas, 0.0, device)
-        self.opt_d = make_optimizer("adam", self.discriminator.parameters(), cfg.lr_d, cfg.betas, 0.0, device)
-        self.d_loss, self.g_loss = GAN_LOSSES[cfg.loss]
+        generator, discriminator = GAN_ARCHS.get(cfg.arch)(cfg, image_shape)
+        self.generator, self.discriminator = generator.to(device), discriminator.to(device)
+        self.opt_g = make_optimizer(cfg.g_optim, self.generator.parameters(), device)
+        self.opt_d = make_optimizer(cfg.d_optim, self.discriminator.parameters(), device)
+        # Per-epoch decay only where asked for, so runs without one keep checkpoints without schedulers.
+        self._schedulers = {name: make_scheduler(c, opt) for name, c, opt in
+                            (("generator", cfg.g_optim, self.opt_g), ("discriminator", cfg.d_optim, self.opt_d))
+                            if c.lr_gamma != 1.0}
+        self.objective = GAN_LOSSES.get(cfg.loss)
         self.policy = parse_policy(cfg.diffaugment)
-
-    def discriminate(self, images: torch.Tensor) -> torch.Tensor:
-        """D's logits, after DiffAugment when configured: the same random augmentation family for real
-        and generated images (Zhao et al. 2020, eq. 4-5), differentiable so G learns through it."""
-        return self.discriminator(diff_augment(images, self.policy) if self.policy else images)
 
     def networks(self):
         return {"generator": self.generator, "discriminator": self.discriminator}
@@ -77,30 +77,47 @@ class GANMethod(Method):
     def optimizers(self):
         return {"generator": self.opt_g, "discriminator": self.opt_d}
 
+    def schedulers(self):
+        return self._schedulers
+
     def latent_shape(self):
         return (self.cfg.latent_dim,)
 
-    def train_step(self, x):
+    def discriminate(self, images: torch.Tensor, discriminator=None) -> torch.Tensor:
+        """D's logits, after DiffAugment when configured: the same random augmentation family for real
+        and generated images (Zhao et al. 2020, eq. 4-5), differentiable so G learns through it."""
+        d = self.discriminator if discriminator is None else discriminator
+        return d(diff_augment(images, self.policy) if self.policy else images)
+
+    def train_step(self, x, step):
         z = torch.randn(x.shape[0], self.cfg.latent_dim, device=x.device)
-        fake = self.generator(z)
+        single = self.stepper.accumulate == 1
+        # One generator pass serves both steps, as in Radford et al.'s loop. With accumulation, the
+        # pass for D's step is made without a graph and G's step recomputes its fakes micro-batch by
+        # micro-batch, so no graph for the whole batch is held (G's BatchNorm then sees each batch twice).
+        with torch.set_grad_enabled(single):
+            fake = self.generator(z)
 
-        # 1. Discriminator: real batch and (detached) fake batch, as in Radford et al.'s training.
-        real_logits = self.discriminate(x)
-        fake_logits = self.discriminate(fake.detach())
-        loss_d = self.d_loss(real_logits, fake_logits, self.cfg.real_label).mean()
-        self.backward_step(loss_d, self.opt_d)
+        # 1. Discriminator: real batch and (detached) fake batch.
+        def d_objective(real, fake):
+            real_logits, fake_logits = self.discriminate(real), self.discriminate(fake)
+            return {"loss": self.objective.d_loss(real_logits, fake_logits, self.cfg.real_label).mean(),
+                    "d_real": torch.sigmoid(real_logits.detach().float()).mean(),  # D's mean belief that reals are real
+                    "d_fake": torch.sigmoid(fake_logits.detach().float()).mean()}
 
-        # 2. Generator: through the just-updated discriminator.
-        gen_logits = self.discriminate(fake)
-        loss_g = self.g_loss(gen_logits).mean()
-        self.backward_step(loss_g, self.opt_g)
+        d = self.stepper.minimize(self.opt_d, d_objective, x, fake.detach(), clip=self.cfg.d_optim.grad_clip)
 
-        return {
-            "loss_d": loss_d.detach(),
-            "loss_g": loss_g.detach(),
-            "d_real": torch.sigmoid(real_logits.detach().float()).mean(),  # D's mean belief that reals are real
-            "d_fake": torch.sigmoid(fake_logits.detach().float()).mean(),
-        }
+        # 2. Generator: through the just-updated discriminator, whose weights are frozen for this pass
+        # and used without its DDP wrapper: its gradients are neither computed nor all-reduced.
+        plain_d = unwrap(self.discriminator)
+
+        def g_objective(inputs):
+            images = inputs if single else self.generator(inputs)
+            with frozen(plain_d):
+                return self.objective.g_loss(self.discriminate(images, plain_d)).mean()
+
+        g = self.stepper.minimize(self.opt_g, g_objective, fake if single else z, clip=self.cfg.g_optim.grad_clip)
+        return {"loss_d": d["loss"], "loss_g": g["loss"], "d_real": d["d_real"], "d_fake": d["d_fake"]}
 
     def generate(self, z):
         return self.generator(z).float()

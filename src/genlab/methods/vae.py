@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
-from genlab.config import check_choice, check_positive
+from genlab.config import OptimConfig, check_choice, check_positive
 from genlab.errors import GenlabError
 from genlab.losses.vae import RECONSTRUCTION_LOSSES, kl_divergence
 from genlab.methods import METHODS
-from genlab.methods.base import Method, make_optimizer
+from genlab.methods.base import Method
+from genlab.methods.step import make_optimizer, make_scheduler
 from genlab.models.blocks import channel_ladder, num_resolution_steps
 from genlab.models.vae import ConvDecoder, ConvEncoder
 
@@ -26,30 +29,27 @@ class VAEConfig:
     kl_weight: float = 1.0  # weight of the KL term; see genlab.losses.vae for the reduction convention
     kl_cycle_steps: int = 0  # cyclical KL annealing (Fu et al. 2019): cycle length in steps; 0 = off
     kl_cycle_ratio: float = 0.5  # share of each cycle over which the KL weight rises linearly from 0
-    optimizer: str = "adam"  # adam (L2 weight decay added to the gradient) | adamw (decoupled)
-    lr: float = 1e-3  # learning rate
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam's beta1, beta2
-    weight_decay: float = 0.0  # L2 penalty
-    lr_gamma: float = 1.0  # learning rate multiplied by this after every epoch (1 = constant)
     logvar_limit: float = 10.0  # |log-variance| of q(z|x) is bounded smoothly by this (0 = unbounded)
-    grad_clip: float = 0.0  # maximum global gradient norm per step (0 = no clipping)
+    iw_samples: int = 64  # k of the importance-weighted bound on log p(x) that bits per dimension report
+    optim: OptimConfig = field(default_factory=OptimConfig)  # Adam, lr 1e-3, betas (0.9, 0.999)
 
-    def validate(self) -> None:
-        check_positive("model.latent_dim", self.latent_dim)
-        check_positive("model.base_width", self.base_width)
-        check_positive("model.lr", self.lr)
-        check_positive("model.logvar_limit", self.logvar_limit, allow_zero=True)
-        check_positive("model.grad_clip", self.grad_clip, allow_zero=True)
-        check_positive("model.kl_cycle_steps", self.kl_cycle_steps, allow_zero=True)
+    # Keys of genlab 0.1 presets and checkpoints, and where they live now.
+    RENAMED: ClassVar[dict[str, tuple[str, ...]]] = {
+        "optimizer": ("optim.name",), "lr": ("optim.lr",), "betas": ("optim.betas",),
+        "weight_decay": ("optim.weight_decay",), "lr_gamma": ("optim.lr_gamma",), "grad_clip": ("optim.grad_clip",)}
+
+    def validate(self, prefix: str = "model.") -> None:
+        check_positive(f"{prefix}latent_dim", self.latent_dim)
+        check_positive(f"{prefix}base_width", self.base_width)
+        check_positive(f"{prefix}logvar_limit", self.logvar_limit, allow_zero=True)
+        check_positive(f"{prefix}kl_cycle_steps", self.kl_cycle_steps, allow_zero=True)
+        check_positive(f"{prefix}iw_samples", self.iw_samples)
         if not 0 < self.kl_cycle_ratio <= 1:
-            raise GenlabError(f"config key 'model.kl_cycle_ratio' must be in (0, 1], got {self.kl_cycle_ratio}")
-        check_choice("model.activation", self.activation, ("relu", "leaky_relu"))
-        check_choice("model.recon_loss", self.recon_loss, tuple(RECONSTRUCTION_LOSSES))
-        check_choice("model.optimizer", self.optimizer, ("adam", "adamw"))
+            raise GenlabError(f"config key '{prefix}kl_cycle_ratio' must be in (0, 1], got {self.kl_cycle_ratio}")
+        check_choice(f"{prefix}activation", self.activation, ("relu", "leaky_relu"))
+        check_choice(f"{prefix}recon_loss", self.recon_loss, tuple(RECONSTRUCTION_LOSSES))
         if not 0 <= self.dropout < 1:
-            raise GenlabError(f"config key 'model.dropout' must be in [0, 1), got {self.dropout}")
-        if len(self.betas) != 2:
-            raise GenlabError(f"config key 'model.betas' needs two values, got {self.betas}")
+            raise GenlabError(f"config key '{prefix}dropout' must be in [0, 1), got {self.dropout}")
 
 
 @METHODS.register("vae")
@@ -57,7 +57,9 @@ class VAEMethod(Method):
     name = "vae"
     config_class = VAEConfig
     has_encoder = True
+    has_likelihood = True
     has_validation_loss = True
+    ema_targets = ("encoder", "decoder")
 
     def __init__(self, cfg: VAEConfig, image_shape: tuple[int, int, int], device: torch.device):
         super().__init__(cfg, image_shape, device)
@@ -68,17 +70,16 @@ class VAEMethod(Method):
             raise GenlabError(f"model.widths has {len(widths)} entries; {size}x{size} images need {steps}")
         self.encoder = ConvEncoder(channels, widths, cfg.latent_dim, cfg.activation, cfg.dropout).to(device)
         self.decoder = ConvDecoder(channels, widths, cfg.latent_dim, cfg.activation, cfg.dropout).to(device)
-        params = list(self.encoder.parameters()) + list(self.decoder.parameters())
-        self.opt = make_optimizer(cfg.optimizer, params, cfg.lr, cfg.betas, cfg.weight_decay, device)
-        self.sched = torch.optim.lr_scheduler.ExponentialLR(self.opt, gamma=cfg.lr_gamma)
+        self.opt = make_optimizer(cfg.optim, [*self.encoder.parameters(), *self.decoder.parameters()], device)
+        self.sched = make_scheduler(cfg.optim, self.opt)
         self.recon_loss = RECONSTRUCTION_LOSSES[cfg.recon_loss]
-        self.train_steps = 0  # for the KL annealing schedule
+        self.decoder_sigma: float | None = None  # the Gaussian decoder's scale, fitted by fit_likelihood
 
     def networks(self):
         return {"encoder": self.encoder, "decoder": self.decoder}
 
     def optimizers(self):
-        return {"adam": self.opt}
+        return {"adam": self.opt}  # (the key predates AdamW and RMSprop; kept so old checkpoints load)
 
     def schedulers(self):
         return {"lr": self.sched}
@@ -98,20 +99,14 @@ class VAEMethod(Method):
         limit = self.cfg.logvar_limit
         return mean, (limit * torch.tanh(logvar / limit) if limit > 0 else logvar)
 
-    def kl_beta(self) -> float:
+    def kl_beta(self, step: int) -> float:
         """Cyclical annealing (Fu et al. 2019, eq. 6 with a linear f): within each cycle of
         ``kl_cycle_steps`` steps, beta rises linearly from 0 to 1 over the first ``kl_cycle_ratio`` of
         the cycle, then stays 1. Validation always uses beta = 1, so its losses compare across epochs."""
         if not self.cfg.kl_cycle_steps:
             return 1.0
-        tau = (self.train_steps % self.cfg.kl_cycle_steps) / self.cfg.kl_cycle_steps
+        tau = (step % self.cfg.kl_cycle_steps) / self.cfg.kl_cycle_steps
         return min(1.0, tau / self.cfg.kl_cycle_ratio)
-
-    def extra_state(self):
-        return {"train_steps": self.train_steps}
-
-    def load_extra_state(self, state):
-        self.train_steps = int(state.get("train_steps", 0))
 
     def _losses(self, x: torch.Tensor, noise: torch.Tensor, beta: float = 1.0) -> dict[str, torch.Tensor]:
         mean, logvar = self.encode(x)
@@ -123,15 +118,14 @@ class VAEMethod(Method):
         loss = recon + beta * self.cfg.kl_weight * kl
         return {"loss": loss.mean(), "recon": recon.mean(), "kl": kl.mean()}
 
-    def train_step(self, x):
-        noise = torch.randn(x.shape[0], self.cfg.latent_dim, device=x.device)
-        beta = self.kl_beta()
-        losses = self._losses(x, noise, beta)
-        self.backward_step(losses["loss"], self.opt, self.cfg.grad_clip)
-        self.train_steps += 1
+    def train_step(self, x, step):
+        noise = torch.randn(x.shape[0], self.cfg.latent_dim, device=x.device)  # for the whole batch, before any split
+        beta = self.kl_beta(step)
+        stats = self.stepper.minimize(self.opt, lambda x, noise: self._losses(x, noise, beta), x, noise,
+                                      clip=self.cfg.optim.grad_clip)
         if self.cfg.kl_cycle_steps:
-            losses["kl_beta"] = torch.tensor(beta)
-        return {k: v.detach() for k, v in losses.items()}
+            stats["kl_beta"] = torch.tensor(beta)
+        return stats
 
     @torch.no_grad()
     def validation_step(self, x, generator):
@@ -142,14 +136,24 @@ class VAEMethod(Method):
         return self.decode(self.decoder(z)).float()
 
     @torch.inference_mode()
-    def log_likelihood(self, x, k, calibration):
-        """Importance-weighted lower bound on log p(x) (Burda et al. 2016, eq. 8) with ``k`` samples:
-        log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x), z_i ~ q(z|x). The decoder is read as a Gaussian
-        with mean decode(z) and one scale sigma for all pixels, fitted by maximum likelihood on the
-        reconstructions of ``calibration`` (training) images, never on the evaluated ones."""
-        import math
+    def fit_likelihood(self, train_images):
+        """The Gaussian decoder's single scale sigma, by maximum likelihood on the reconstructions of
+        training images: sigma^2 = mean squared reconstruction error."""
+        squared = 0.0
+        for i in range(0, len(train_images), 256):
+            batch = train_images[i : i + 256]
+            squared += (self.reconstruct(batch) - batch).square().sum().item()
+        self.decoder_sigma = max((squared / train_images.numel()) ** 0.5, 1e-3)
+        self._calibration_count = len(train_images)
 
-        sigma = self._decoder_scale(calibration)
+    @torch.inference_mode()
+    def log_likelihood(self, x):
+        """Importance-weighted lower bound on log p(x) (Burda et al. 2016, eq. 8) with k =
+        ``model.iw_samples`` samples: log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x), z_i ~ q(z|x). The
+        decoder is read as a Gaussian with mean decode(z) and the scale fit_likelihood found."""
+        if self.decoder_sigma is None:
+            raise GenlabError("the VAE's likelihood needs fit_likelihood(training images) first (its decoder scale)")
+        sigma, k = self.decoder_sigma, self.cfg.iw_samples
         mean, logvar = self.encode(x)
         std = (0.5 * logvar).exp()
         d = x[0].numel()
@@ -163,15 +167,8 @@ class VAEMethod(Method):
             log_qz = -0.5 * (eps.square() + math.log(2 * math.pi)).sum(1) - (0.5 * logvar).sum(1)
             log_w.append(log_px + log_pz - log_qz)
         bound = torch.logsumexp(torch.stack(log_w), dim=0) - math.log(k)
-        return bound, f"importance-weighted bound (Burda et al. 2016), k={k}, Gaussian decoder sigma={sigma:.4f} " \
-                      f"(in [-1,1] units, ML fit on {len(calibration)} training images)"
-
-    def _decoder_scale(self, calibration: torch.Tensor) -> float:
-        squared = 0.0
-        for i in range(0, len(calibration), 256):
-            batch = calibration[i : i + 256]
-            squared += (self.reconstruct(batch) - batch).square().sum().item()
-        return max((squared / calibration.numel()) ** 0.5, 1e-3)
+        return bound, (f"importance-weighted bound (Burda et al. 2016), k={k}, Gaussian decoder sigma={sigma:.4f} "
+                       f"(in [-1,1] units, ML fit on {self._calibration_count} training images)")
 
     @torch.inference_mode()
     def reconstruct(self, x):

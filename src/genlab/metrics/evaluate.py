@@ -13,62 +13,23 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
-from dataclasses import dataclass, field
 
 import torch
 
 from genlab.config import DataConfig
 from genlab.data.cache import ImageSplits, cache_root
-from genlab.data.convert import to_model_range, to_uint8
+from genlab.data.convert import bits_per_dim, dequantize, to_model_range, to_uint8
 from genlab.errors import GenlabError
 from genlab.io import atomic_write
 from genlab.metrics import fidelity, image, swd
 from genlab.metrics.features import DESCRIPTIONS, EXTRACTORS, LOGITS, POOL, extract
+from genlab.metrics.settings import PROTOCOL_N, EvalSettings
+from genlab.metrics.table import INCEPTION_METRICS, PIXEL_METRICS, SAMPLE_METRICS, check_metrics_apply, parse_metrics
 
 log = logging.getLogger("genlab")
 
-INCEPTION_METRICS = ("fid", "kid", "is", "pr")
-OFFLINE_METRICS = ("swd", "msssim", "nn")
-MODEL_METRICS = ("recon", "bpd", "ppl")  # need the model itself, not only its samples
-ALIASES = {"mse": "recon", "psnr": "recon", "ssim": "recon", "precision": "pr", "recall": "pr",
-           "memorization": "nn", "diversity": "msssim"}
-ALL_METRICS = INCEPTION_METRICS + OFFLINE_METRICS + MODEL_METRICS
-HIGHER_IS_BETTER = {"is", "precision", "recall", "f_score", "psnr", "ssim"}
 FEATURE_CACHE_FORMAT = 1
-PROTOCOL_N = 50_000  # the sample count of the standard FID protocol
-
-
-@dataclass
-class EvalSettings:
-    metrics: list[str] = field(default_factory=lambda: list(INCEPTION_METRICS + OFFLINE_METRICS))
-    n: int = PROTOCOL_N  # generated images for the sample-based metrics
-    split: str | None = None  # reference split (default: train) / held-out split (default: test, else val)
-    extractor: str = "inception-v3-compat"
-    inception_weights: str | None = None
-    batch_size: int = 256
-    seed: int = 0  # first sample seed; image i uses seed + i
-    iw_samples: int = 64  # k of the importance-weighted bound for bits per dimension
-    swd_images: int = 4096  # at most this many images per side for SWD
-    pairs: int = 2000  # random pairs for the MS-SSIM diversity score
-    nn_samples: int = 1000  # samples checked against the training set for memorisation
-    ppl_similarity: str = "lpips-vgg16"  # the image distance of PPL
-
-
-def parse_metrics(text: str | list[str]) -> list[str]:
-    names = text.split(",") if isinstance(text, str) else list(text)
-    out = []
-    for name in (n.strip().lower() for n in names if n.strip()):
-        name = ALIASES.get(name, name)
-        if name not in ALL_METRICS:
-            import difflib
-
-            near = difflib.get_close_matches(name, ALL_METRICS + tuple(ALIASES), n=1)
-            raise GenlabError(f"unknown metric {name!r}" + (f"; did you mean {near[0]!r}?" if near else "")
-                              + f" (choices: {', '.join(ALL_METRICS)})")
-        if name not in out:
-            out.append(name)
-    return out
+__all__ = ["EvalSettings", "Evaluator", "data_protocol", "flat_values", "parse_metrics"]
 
 
 def data_protocol(cfg: DataConfig, name: str, split: str, count: int) -> str:
@@ -210,44 +171,51 @@ class Evaluator:
             if info.is_main:
                 features = {k: torch.cat([p[k] for p in parts if p]) for k in mine}
         samples = local[:0]  # pixels travel only when a pixel metric needs them
-        if any(m in OFFLINE_METRICS for m in metrics):
+        if any(m in PIXEL_METRICS for m in metrics):
             parts = distributed.gather_to_main(local, info)
             samples = torch.cat(parts) if info.is_main else None
         return samples, features
 
     def score_method(self, method, metrics: list[str], checkpoint_label: str,
                      info=None) -> tuple[dict, torch.Tensor | None]:
-        """Every requested metric for a trained family. Returns results and the generated samples.
-        Under DDP (``info``), every rank must call this: generation and feature extraction are
-        shared, rank 0 gets the results and the other ranks an empty dict."""
+        """Every requested metric for a trained family (those it cannot give are refused first, by
+        its declared abilities). Returns results and the generated samples. Under DDP (``info``),
+        every rank must call this: generation and feature extraction are shared, rank 0 gets the
+        results and the other ranks an empty dict."""
+        from genlab.samplers import describe
         from genlab.train.distributed import SINGLE
 
+        check_metrics_apply(metrics, type(method), "metrics")
         info = info or SINGLE
         results: dict[str, dict] = {}
-        sample_metrics = [m for m in metrics if m in INCEPTION_METRICS + OFFLINE_METRICS]
+        sample_metrics = [m for m in metrics if m in SAMPLE_METRICS]
         samples = None
         if sample_metrics:
-            if "fid" in metrics or "kid" in metrics or "is" in metrics or "pr" in metrics:
+            if any(m in INCEPTION_METRICS for m in metrics):
                 self.extractor()  # fail at once on missing weights, before generating anything
-            method.eval()
             features = None
             if info.enabled:
                 samples, features = self._sharded_samples(method, sample_metrics, info)
             else:
                 samples = method.sample(self.s.n, self.s.seed, batch_size=self.s.batch_size)
-            label = f"{self.s.n} samples of {checkpoint_label} (seeds {self.s.seed}..{self.s.seed + self.s.n - 1}, uint8)"
+            label = (f"{self.s.n} samples of {checkpoint_label} (seeds {self.s.seed}..{self.s.seed + self.s.n - 1}, "
+                     f"sampler {describe(method.sampling)}, uint8)")
             if info.is_main:
                 results.update(self.score_images(samples, sample_metrics, label, features))
         if not info.is_main:
             return {}, None
+        model_results: dict[str, dict] = {}
         if "recon" in metrics:
-            results.update(self.reconstruction(method))
+            model_results.update(self.reconstruction(method))
         if "bpd" in metrics:
-            results.update(self.bits_per_dim(method))
+            model_results.update(self.bits_per_dim(method))
         if "ppl" in metrics:
             from genlab.metrics.ppl import perceptual_path_length
 
-            results.update(perceptual_path_length(method, self.s, self.device, self.s.ppl_similarity))
+            model_results.update(perceptual_path_length(method, self.s, self.device, self.s.ppl_similarity))
+        for r in model_results.values():  # which model (checkpoint, step, weights) they measure
+            r["protocol"] = f"{checkpoint_label} | {r['protocol']}"
+        results.update(model_results)
         return results, samples
 
     def reconstruction(self, method) -> dict[str, dict]:
@@ -255,9 +223,7 @@ class Evaluator:
             raise GenlabError(f"reconstruction metrics need an encoder; method {method.name!r} has none")
         split = self.heldout_split()
         originals = self.split_images(split)[: self.s.n]
-        method.eval()
-        recon = torch.cat([to_uint8(method.reconstruct(to_model_range(originals[i : i + self.s.batch_size].to(self.device)))).cpu()
-                           for i in range(0, len(originals), self.s.batch_size)])
+        recon = reconstruct_images(method, originals, self.device, self.s.batch_size)
         per_image = image.reconstruction_metrics(originals, recon)
         protocol = (f"{len(originals)} images of {data_protocol(self.cfg, self.data.name, split, len(originals))}; "
                     "posterior-mean reconstruction quantised to uint8; [0,1] units")
@@ -269,27 +235,31 @@ class Evaluator:
         return out
 
     def bits_per_dim(self, method) -> dict[str, dict]:
-        """-log2 p(x) / D on held-out images, with uniform dequantisation: x_c = (x + u) / 256,
-        u ~ U[0, 1)^D, so bpd = (-log p(x_c) + D log 256) / (D log 2) bounds the discrete model."""
+        """-log2 p(x) / D on held-out images, with uniform dequantisation (genlab.data.convert): an
+        upper bound on the discrete model's bits per dimension, exact or bounded as the family says."""
         split = self.heldout_split()
         images = self.split_images(split)[: self.s.n]
-        calibration = self.split_images("train")[:2048]
         generator = torch.Generator().manual_seed(self.s.seed)
-        calib = to_model_range(calibration).to(self.device)
-        method.eval()
-        total, how = [], ""
         d = images[0].numel()
-        for i in range(0, len(images), self.s.batch_size):
-            x = images[i : i + self.s.batch_size].float()
-            u = torch.rand(x.shape, generator=generator)
-            x_model = ((x + u) / 256.0 * 2 - 1).to(self.device)  # dequantised, in the model's [-1, 1]
-            log_p_model, how = method.log_likelihood(x_model, self.s.iw_samples, calib)
-            log_p_unit = log_p_model.cpu().double() + d * math.log(2.0)  # density on [0, 1]: Jacobian of x -> 2x - 1
-            total.append((-log_p_unit + d * math.log(256.0)) / (d * math.log(2.0)))
+        total, how = [], ""
+        with method.evaluating():
+            method.fit_likelihood(to_model_range(self.split_images("train")[: self.s.likelihood_calibration]).to(self.device))
+            for i in range(0, len(images), self.s.batch_size):
+                x = images[i : i + self.s.batch_size]
+                x_model = dequantize(x, torch.rand(x.shape, generator=generator)).to(self.device)
+                log_p, how = method.log_likelihood(x_model)
+                total.append(bits_per_dim(log_p.cpu(), d))
         bpd = torch.cat(total)
         return {"bpd": {"value": bpd.mean().item(), "protocol": (
             f"{len(images)} images of {data_protocol(self.cfg, self.data.name, split, len(images))}; "
-            f"uniform dequantisation (one draw, seed {self.s.seed}), 8-bit; {how}")}}
+            f"uniform dequantisation (one draw, seed {self.s.seed}), 8-bit, bits on the [0,255] scale; {how}")}}
+
+
+def reconstruct_images(method, originals: torch.Tensor, device: torch.device, batch_size: int = 256) -> torch.Tensor:
+    """uint8 images -> uint8 reconstructions (the posterior mean for a VAE), in eval mode."""
+    with method.evaluating():
+        return torch.cat([to_uint8(method.reconstruct(to_model_range(originals[i : i + batch_size].to(device)))).cpu()
+                          for i in range(0, len(originals), batch_size)])
 
 
 def flat_values(results: dict[str, dict]) -> dict[str, float]:

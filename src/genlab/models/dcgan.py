@@ -14,7 +14,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from genlab.models.blocks import activation, down_block, up_block
+from genlab.errors import GenlabError
+from genlab.models import GAN_ARCHS
+from genlab.models.blocks import activation, channel_ladder, down_block, num_resolution_steps, up_block
 
 BOTTOM = 4  # side of the smallest feature map, in pixels
 
@@ -66,3 +68,21 @@ def dcgan_init_(module: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
+
+
+@GAN_ARCHS.register("dcgan")
+def build_dcgan(cfg, image_shape: tuple[int, int, int]) -> tuple[nn.Module, nn.Module]:
+    """DCGAN's pair for ``image_shape``, widths from ``cfg.g_widths``/``cfg.d_widths`` (shallow first)
+    or doubling from ``cfg.base_width``, initialised as the paper's section 4."""
+    channels, size, _ = image_shape
+    steps = num_resolution_steps(size)
+    g_widths = cfg.g_widths or channel_ladder(steps, cfg.base_width)
+    d_widths = cfg.d_widths or channel_ladder(steps, cfg.base_width)
+    for key, widths in (("model.g_widths", g_widths), ("model.d_widths", d_widths)):
+        if len(widths) != steps:
+            raise GenlabError(f"{key} has {len(widths)} entries; {size}x{size} images need {steps}")
+    generator = DCGANGenerator(cfg.latent_dim, channels, g_widths)
+    discriminator = DCGANDiscriminator(channels, d_widths, cfg.d_dropout)
+    dcgan_init_(generator)
+    dcgan_init_(discriminator)
+    return generator, discriminator

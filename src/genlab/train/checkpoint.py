@@ -1,8 +1,11 @@
 """Checkpoints: the full state of a run, written atomically, readable with ``weights_only=True``.
 
-A checkpoint holds everything needed to continue bit-for-bit on the same device (networks,
-optimizers, schedulers, step, epoch, every RNG state) and to rebuild its model with no other input
-(the resolved config, the image shape, the genlab version).
+A checkpoint (``last.pt``, ``best.pt``) holds everything needed to continue bit-for-bit on the same
+device (networks, optimizers, schedulers, the EMA of the sampling networks, step, epoch, every RNG
+state) and to rebuild its model with no other input (the resolved config, the image shape, the
+genlab version). Beside each, a lean inference snapshot (``last-inference.pt``,
+``best-inference.pt``) holds only the config and the weights to sample with (the EMA weights in
+place of the raw ones when EMA is on): no optimizer state, no RNG, a fraction of the size.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ import numpy as np
 import torch
 
 import genlab
-from genlab.config import Config, resolve_config
+from genlab.config import Config
 from genlab.errors import GenlabError
 from genlab.io import atomic_write
+from genlab.resolve import resolve_config
+from genlab.train.rundir import INFERENCE_SUFFIX, inference_path
 
 FORMAT = "genlab-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: EMA state and inference snapshots (version 1 checkpoints still load)
 
 
 def rng_state() -> dict[str, Any]:
@@ -45,21 +50,33 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def save_checkpoint(path: Path, cfg: Config, image_shape, method_state: dict, progress: dict) -> None:
-    """Write to a temporary file beside ``path`` and rename it into place, so a crash or a full disk
-    mid-write leaves the previous checkpoint intact."""
-    payload = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "genlab_version": genlab.__version__,
-        "method": cfg.method,
-        "config": cfg.to_dict(),
-        "image_shape": list(image_shape),
-        "state": method_state,
-        "progress": progress,
-        "rng": rng_state(),
-    }
+def _header(cfg: Config, image_shape, progress: dict, kind: str) -> dict[str, Any]:
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind, "genlab_version": genlab.__version__,
+            "method": cfg.method, "config": cfg.to_dict(), "image_shape": list(image_shape), "progress": progress}
+
+
+def save_checkpoint(path: Path, cfg: Config, image_shape, method_state: dict, progress: dict,
+                    ema_state: dict | None = None) -> None:
+    """The full state to ``path`` and the inference snapshot beside it. Each is written to a temporary
+    file and renamed into place, so a crash or a full disk mid-write leaves the previous one intact."""
+    payload = {**_header(cfg, image_shape, progress, "full"), "state": method_state, "ema": ema_state,
+               "rng": rng_state()}
     atomic_write(path, lambda tmp: torch.save(payload, tmp), "checkpoint")
+    networks = dict(method_state["networks"])
+    if ema_state is not None:
+        networks.update(ema_state["networks"])
+    lean = {**_header(cfg, image_shape, progress, "inference"), "state": {"networks": networks},
+            "weights": "ema" if ema_state is not None else "raw",
+            "ema_decay": ema_state["decay"] if ema_state is not None else None}
+    atomic_write(inference_path(path), lambda tmp: torch.save(lean, tmp), "checkpoint")
+
+
+def weights_description(payload: dict[str, Any]) -> str:
+    """Which weights a model built from ``payload`` samples with, for protocol strings."""
+    if payload.get("weights") == "ema" or payload.get("weights_used") == "ema":
+        decay = payload.get("ema_decay") or (payload.get("ema") or {}).get("decay")
+        return f"EMA weights (decay {decay})"
+    return "raw weights"
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -85,12 +102,27 @@ def config_from_checkpoint(payload: dict[str, Any], source: Path) -> Config:
         raise GenlabError(f"{source}: its stored config is not valid for this genlab: {e}") from e
 
 
-def build_method_from_checkpoint(path: Path, device: torch.device, networks_only: bool = True):
-    """Rebuild the model a checkpoint was trained as, on ``device``, from the checkpoint alone."""
-    from genlab.methods import METHODS
+def build_method_from_checkpoint(path: Path, device: torch.device, raw_weights: bool = False):
+    """Rebuild the model a checkpoint was trained as, on ``device``, from the checkpoint alone, with
+    the EMA weights for sampling when it has them (``raw_weights``: the last iterate instead).
+    ``payload["weights_used"]`` says which."""
+    from genlab.methods import build_method
 
     payload = load_checkpoint(path)
     cfg = config_from_checkpoint(payload, path)
-    method = METHODS.get(cfg.method)(cfg.model, tuple(payload["image_shape"]), device)
-    method.load_state_dict(payload["state"], networks_only=networks_only, source=str(path))
+    method = build_method(cfg, tuple(payload["image_shape"]), device)
+    if raw_weights and payload.get("weights") == "ema":
+        raise GenlabError(f"{path} is an inference snapshot that holds the EMA weights only; the raw weights are in "
+                          f"{path.with_name(path.name.replace(INFERENCE_SUFFIX, ''))}")
+    method.load_state_dict(payload["state"], networks_only=True, source=str(path))
+    payload["weights_used"] = payload.get("weights", "raw")
+    if payload.get("ema") and not raw_weights:
+        networks = method.networks()
+        for name, weights in payload["ema"]["networks"].items():
+            try:
+                networks[name].load_state_dict(weights, strict=True)
+            except (KeyError, RuntimeError) as e:
+                raise GenlabError(f"{path}: its EMA of {name!r} does not fit this model: "
+                                  f"{str(e).strip().splitlines()[0]}") from e
+        payload["weights_used"] = "ema"
     return method, cfg, payload

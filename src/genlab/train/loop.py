@@ -1,9 +1,9 @@
 """The one training loop for every family.
 
 The loop owns what is common to all of them: device placement, mixed precision, data order,
-logging, progress, validation, early stopping, sample grids, checkpoints and resume. A family
-(see :mod:`genlab.methods.base`) only provides ``train_step``, ``validation_step``, ``sample`` and
-``reconstruct``; adding a family never changes this file.
+logging, progress, validation, early stopping, sample grids, the EMA of the sampling networks,
+evaluation, checkpoints and resume. A family (see :mod:`genlab.methods.base`) provides its step
+and declares what it can do; adding a family never changes this file.
 """
 
 from __future__ import annotations
@@ -26,15 +26,18 @@ from genlab.data import ImageSplits, build_dataset, to_model_range, to_uint8
 from genlab.data.augment import BatchAugment
 from genlab.errors import GenlabError
 from genlab.io import atomic_write
-from genlab.methods import METHODS
+from genlab.methods import METHODS, build_method
 from genlab.methods.base import Method
+from genlab.metrics.table import HIGHER_IS_BETTER
 from genlab.train.checkpoint import config_from_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
+from genlab.train.ema import EMA
 from genlab.train.distributed import SINGLE, DistInfo, any_rank, barrier, broadcast, parameters_agree, wrap_ddp
 from genlab.train.rundir import (
     StatsWriter,
     checkpoint_path,
     create_run_dir,
     image_grid,
+    inference_path,
     pair_grid,
     require_run_dir,
     save_grid,
@@ -47,6 +50,7 @@ log = logging.getLogger("genlab")
 # Keys that may change when a run is resumed: how long it goes on, how it reports, how fast. Anything
 # else would make the resumed run a different experiment than the one its directory records.
 RESUMABLE_KEYS = ("train.epochs", "train.max_steps", "train.patience", "train.log_every", "train.checkpoint_every",
+                  "train.grid_every", "train.num_samples",
                   "train.compile", "train.compile_mode", "train.channels_last")  # speed only: the same computation
 RECONSTRUCTION_IMAGES = 16  # validation images shown beside their reconstructions each epoch
 
@@ -113,6 +117,21 @@ def attach_run_log(run_dir: Path, buffered: _BufferHandler | None = None) -> log
     return handler
 
 
+def check_run(cfg: Config, data: ImageSplits, dist: DistInfo) -> int:
+    """What can only be checked once the data is known, checked before a run directory is made.
+    Returns the global batch size (clamped to the training split)."""
+    batch = min(cfg.train.batch_size, len(data.train))
+    if batch % dist.world_size:
+        raise GenlabError(f"train.batch_size {batch} does not divide over {dist.world_size} processes")
+    if cfg.train.accumulate > batch // dist.world_size:
+        raise GenlabError(f"train.accumulate={cfg.train.accumulate} is more micro-batches than the "
+                          f"{batch // dist.world_size} images each process gets per step")
+    if cfg.train.patience is not None and cfg.train.monitor == "val_loss" and data.val is None:
+        raise GenlabError(f"train.patience={cfg.train.patience} watches the validation loss, but the {data.name} data "
+                          "has no validation split here; set data.val_fraction > 0 or leave train.patience unset")
+    return batch
+
+
 class _NoWriter:
     """What ranks other than 0 write: nothing."""
 
@@ -128,27 +147,43 @@ class _NoWriter:
 
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, device: torch.device, data: ImageSplits, method: Method,
-                 progress: Progress, quiet: bool = False, dist: DistInfo = SINGLE):
+                 progress: Progress, quiet: bool = False, dist: DistInfo = SINGLE, ema_state: dict | None = None):
         self.cfg, self.run_dir, self.device, self.dist = cfg, run_dir, device, dist
         self.data, self.method, self.progress, self.quiet = data, method, progress, quiet or not dist.is_main
         n = len(data.train)
-        self.batch_size = min(cfg.train.batch_size, n)  # the global batch, over all ranks
+        self.batch_size = check_run(cfg, data, dist)  # the global batch, over all ranks
         if self.batch_size < cfg.train.batch_size:
             log.warning("train.batch_size %d is larger than the %d training images; using %d",
                         cfg.train.batch_size, n, self.batch_size)
-        if self.batch_size % dist.world_size:
-            raise GenlabError(f"train.batch_size {self.batch_size} does not divide over {dist.world_size} processes")
         self.rank_batch = self.batch_size // dist.world_size
         self.steps_per_epoch = n // self.batch_size  # the incomplete last batch is dropped (BatchNorm)
         self.speed = plan_speed(cfg.train, device, dist.enabled)
         self._evaluator = None
+        self.ema = EMA(method, cfg.train.ema_decay, cfg.train.ema_warmup) if cfg.train.ema_decay > 0 else None
+        if self.ema is not None and ema_state is not None:
+            self.ema.load_state_dict(ema_state)
         self._prepare_networks()
 
     def _prepare_networks(self) -> None:
         """Device-specific speed-ups and the DDP wrapper, applied the same way to every family."""
-        apply_plan(self.speed, self.method)
+        apply_plan(self.speed, self.method, self.cfg.train.accumulate)
+        if self.ema is not None and self.speed.channels_last:
+            self.ema.to_memory_format(torch.channels_last)
         if self.dist.enabled:
             self.method.distribute(lambda net: wrap_ddp(net, self.device))
+
+    def reporting(self):
+        """The context every report on the model runs in: eval mode, and the EMA weights when EMA is on."""
+        import contextlib
+
+        stack = contextlib.ExitStack()
+        if self.ema is not None:
+            stack.enter_context(self.ema.applied(self.method))
+        stack.enter_context(self.method.evaluating())
+        return stack
+
+    def weights_label(self) -> str:
+        return f"EMA weights (decay {self.ema.decay})" if self.ema is not None else "raw weights"
 
     # -- helpers ------------------------------------------------------------------------------
     def _out_of_memory_message(self) -> str:
@@ -176,36 +211,35 @@ class Trainer:
         if not self.dist.is_main:
             return
         save_checkpoint(checkpoint_path(self.run_dir, which), self.cfg, self.data.image_shape,
-                        self.method.state_dict(), dataclasses.asdict(self.progress))
+                        self.method.state_dict(), dataclasses.asdict(self.progress),
+                        self.ema.state_dict() if self.ema is not None else None)
 
     def _copy_last_to_best(self) -> None:
         last, best = checkpoint_path(self.run_dir, "last"), checkpoint_path(self.run_dir, "best")
-        atomic_write(best, lambda tmp: shutil.copyfile(last, tmp), "checkpoint")
+        for source, target in ((last, best), (inference_path(last), inference_path(best))):
+            atomic_write(target, lambda tmp: shutil.copyfile(source, tmp), "checkpoint")
 
     @torch.no_grad()
     def _validate(self) -> dict[str, float]:
         """Mean validation losses over the whole split, with the same noise every epoch so epochs compare."""
-        self.method.eval()
         generator = torch.Generator().manual_seed(self.cfg.train.seed)
         totals: dict[str, torch.Tensor] = {}
         val = self.data.val
-        for i in range(0, len(val), self.batch_size):
-            x = to_model_range(val[i : i + self.batch_size].to(self.device))
-            with self.speed.autocast():
-                losses = self.method.validation_step(x, generator)
-            for k, v in losses.items():
-                totals[k] = totals.get(k, 0) + v.float() * len(x)
-        self.method.train()
+        with self.reporting():
+            for i in range(0, len(val), self.batch_size):
+                x = to_model_range(val[i : i + self.batch_size].to(self.device))
+                with self.speed.autocast():
+                    losses = self.method.validation_step(x, generator)
+                for k, v in losses.items():
+                    totals[k] = totals.get(k, 0) + v.float() * len(x)
         return {k: (v / len(val)).item() for k, v in totals.items()}
 
     def _write_grids(self, tag: str, writer: StatsWriter) -> None:
-        """Sample and reconstruction grids, in eval mode: reporting must not touch the training state
-        (a BatchNorm layer in train mode would fold these batches into its running statistics)."""
-        self.method.eval()
-        try:
+        """Sample and reconstruction grids, in eval mode and with the EMA weights when EMA is on:
+        reporting must not touch the training state (a BatchNorm layer in train mode would fold these
+        batches into its running statistics)."""
+        with self.reporting():
             self._write_grids_eval(tag, writer)
-        finally:
-            self.method.train()
 
     def _write_grids_eval(self, tag: str, writer: StatsWriter) -> None:
         samples = self.method.sample(self.cfg.train.num_samples, self.cfg.train.sample_seed)
@@ -221,9 +255,11 @@ class Trainer:
             save_grid(grid, self.run_dir / "reconstructions" / f"{tag}.png")
             writer.image("reconstructions", grid, self.progress.step)
 
-    def _evaluate(self) -> dict[str, float]:
-        """The configured metrics, under `genlab eval`'s protocol, with the training RNG untouched."""
-        from genlab.metrics.evaluate import EvalSettings, Evaluator, flat_values
+    def _evaluate(self) -> tuple[dict[str, float], dict[str, dict]]:
+        """The configured metrics, under `genlab eval`'s protocol, with the training RNG untouched:
+        flat values for the epoch record and early stopping, and the full results with protocols."""
+        from genlab.metrics.evaluate import Evaluator, flat_values
+        from genlab.metrics.settings import EvalSettings
 
         e = self.cfg.eval
         if self._evaluator is None:
@@ -232,28 +268,27 @@ class Trainer:
             self._evaluator = Evaluator(self.data, self.cfg.data, settings, self.device)
         start = time.perf_counter()
         devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            try:  # every rank takes part: generation and features are shared out, rank 0 scores
-                results, _ = self._evaluator.score_method(self.method, e.metrics,
-                                                          f"{self.cfg.method} epoch {self.progress.epoch}", self.dist)
-            finally:
-                self.method.train()
+        label = f"{self.cfg.method} epoch {self.progress.epoch} at step {self.progress.step}, {self.weights_label()}"
+        with torch.random.fork_rng(devices=devices), self.reporting():
+            # every rank takes part: generation and features are shared out, rank 0 scores
+            results, _ = self._evaluator.score_method(self.method, e.metrics, label, self.dist)
         values = {f"eval_{k}": v for k, v in flat_values(results).items()}
         values["eval_seconds"] = round(time.perf_counter() - start, 2)
-        return values
+        return values, results
 
-    def _end_of_epoch(self, writer: StatsWriter, evaluated: dict[str, float]) -> bool:
+    def _end_of_epoch(self, writer: StatsWriter, evaluated: dict[str, float], results: dict[str, dict]) -> bool:
         """Validation, early stopping, grids and checkpoints (rank 0); True when training should stop."""
         p, cfg = self.progress, self.cfg.train
         record: dict = {"kind": "epoch", "step": p.step, "epoch": p.epoch}
         if self.method.has_validation_loss and self.data.val is not None:
             record.update({f"val_{k}": v for k, v in self._validate().items()})
         record.update(evaluated)
+        if results:  # the evaluation history: every result with its protocol, so checkpoints compare later
+            writer.write({"kind": "eval", "step": p.step, "epoch": p.epoch, "source": "training",
+                          "weights": self.weights_label(), "results": results})
         improved = False
         key = "val_loss" if cfg.monitor == "val_loss" else f"eval_{cfg.monitor}"
         if key in record:  # one check of the monitored value: lower is better, except for IS, precision, ...
-            from genlab.metrics.evaluate import HIGHER_IS_BETTER
-
             value = record[key] if cfg.monitor not in HIGHER_IS_BETTER else -record[key]
             if p.best_score is None or value < p.best_score:
                 p.best_score, p.best_epoch, p.epochs_without_improvement = value, p.epoch, 0
@@ -263,14 +298,15 @@ class Trainer:
         writer.write(record)
         shown = " ".join(f"{k} {v:.4g}" for k, v in record.items() if k.startswith(("val_", "eval_")))
         log.info("epoch %d/%d done at step %d%s", p.epoch, cfg.epochs, p.step, f": {shown}" if shown else "")
-        self._write_grids(f"epoch-{p.epoch:04d}", writer)
+        stop = cfg.patience is not None and p.epochs_without_improvement >= cfg.patience
+        if stop:
+            log.info("early stopping: no better %s in %d checks (best at epoch %d)", cfg.monitor, cfg.patience, p.best_epoch)
+        if (cfg.grid_every and p.epoch % cfg.grid_every == 0) or stop or p.epoch == cfg.epochs:
+            self._write_grids(f"epoch-{p.epoch:04d}", writer)
         self._save("last")
         if improved:
             self._copy_last_to_best()
-        if cfg.patience is not None and p.epochs_without_improvement >= cfg.patience:
-            log.info("early stopping: no better %s in %d checks (best at epoch %d)", cfg.monitor, cfg.patience, p.best_epoch)
-            return True
-        return False
+        return stop
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -283,30 +319,35 @@ class Trainer:
         augment = BatchAugment(self.cfg.data.augment)
         main = self.dist.is_main
         offset = self.dist.rank * self.rank_batch  # this rank's share of every global batch
-        log.info("training %s on %s: %d images, batch %d, %d steps per epoch, %d epochs, device %s (%s)",
-                 self.cfg.method, self.data.name, len(self.data.train), self.batch_size, self.steps_per_epoch,
+        extras = "".join([f" in {cfg.accumulate} micro-batches" if cfg.accumulate > 1 else "",
+                          f", EMA {self.ema.decay} of {', '.join(self.ema.shadows)}" if self.ema is not None else ""])
+        log.info("training %s on %s: %d images, batch %d%s, %d steps per epoch, %d epochs, device %s (%s)",
+                 self.cfg.method, self.data.name, len(self.data.train), self.batch_size, extras, self.steps_per_epoch,
                  cfg.epochs, self.device, self.speed.describe())
         writer = StatsWriter(self.run_dir, purge_step=p.step or None) if main else _NoWriter()
         bar = tqdm(total=total_steps, initial=min(p.step, total_steps), disable=self.quiet, unit="step",
                    dynamic_ncols=True, file=sys.stderr, leave=False)
+        # Running sums per key and how many steps returned each key: a value a family returns on some
+        # steps only (G's loss under n_critic, a lazy penalty) is the mean over those steps.
         running: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
         window_steps, window_start, session_start = 0, time.perf_counter(), time.perf_counter()
         elapsed_before = p.elapsed_s
         stop_reason = None
 
         def flush_window() -> None:
-            nonlocal running, window_steps, window_start, stop_reason
+            nonlocal running, counts, window_steps, window_start, stop_reason
             if not window_steps:
                 return
             now = time.perf_counter()
-            values = {k: (v / window_steps).item() for k, v in running.items()}  # the only host sync
+            values = {k: (v / counts[k]).item() for k, v in running.items()}  # the only host sync
             record = {"kind": "train", "step": p.step, "epoch": round(p.epoch + p.batch / self.steps_per_epoch, 4),
                       "time_s": round(elapsed_before + now - session_start, 3),
                       "images_per_s": round(window_steps * self.batch_size / (now - window_start), 1), **values}
             writer.write(record)
             bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()} | {"img/s": f"{record['images_per_s']:.0f}"},
                             refresh=False)
-            running, window_steps, window_start = {}, 0, now
+            running, counts, window_steps, window_start = {}, {}, 0, now
             if any_rank(not all(math.isfinite(v) for v in values.values()), self.dist):
                 log.error("a loss became non-finite near step %d (%s); stopping. The last good checkpoint is %s",
                           p.step, values, checkpoint_path(self.run_dir, "last"))
@@ -334,13 +375,14 @@ class Trainer:
                     begin_step(self.speed)
                     try:
                         with self.speed.autocast():
-                            stats = self.method.train_step(x)
+                            stats = self.method.run_step(x, p.step)
                     except OUT_OF_MEMORY as e:
                         raise GenlabError(self._out_of_memory_message()) from e
-                    if self.method.grad_scaler is not None:
-                        self.method.grad_scaler.update()
+                    if self.ema is not None:
+                        self.ema.update()
                     for k, v in stats.items():
                         running[k] = running.get(k, 0) + v.float()
+                        counts[k] = counts.get(k, 0) + 1
                     window_steps += 1
                     p.step, p.batch, p.images_seen = p.step + 1, p.batch + 1, p.images_seen + self.batch_size
                     bar.update(1)
@@ -359,8 +401,8 @@ class Trainer:
                 p.elapsed_s = elapsed_before + time.perf_counter() - session_start
                 # Rank 0 validates, evaluates and writes; every rank learns whether to stop.
                 due = self.cfg.eval.every and p.epoch % self.cfg.eval.every == 0
-                evaluated = self._evaluate() if due else {}  # on every rank: the work is shared
-                stop = self._end_of_epoch(writer, evaluated) if main else False
+                evaluated, results = self._evaluate() if due else ({}, {})  # on every rank: the work is shared
+                stop = self._end_of_epoch(writer, evaluated, results) if main else False
                 if broadcast(stop, self.dist):
                     stop_reason = "early_stopping"
                 window_start = time.perf_counter()  # images/s counts training only, not validation or grids
@@ -378,8 +420,6 @@ class Trainer:
         finally:
             bar.close()
             writer.close()
-
-        from genlab.metrics.evaluate import HIGHER_IS_BETTER
 
         if self.dist.enabled:
             if not parameters_agree(self.method.networks(), self.dist):
@@ -433,8 +473,9 @@ def start_training(cfg: Config, runs_root: Path, device: torch.device, quiet: bo
     log.addHandler(buffered)
     try:
         data = _load_data(cfg, info)
+        check_run(cfg, data, info)
         seed_everything(cfg.train.seed)  # the same initialisation on every rank
-        method = METHODS.get(cfg.method)(cfg.model, data.image_shape, device)
+        method = build_method(cfg, data.image_shape, device)
     finally:
         log.removeHandler(buffered)
     run_dir = None
@@ -460,7 +501,8 @@ def start_training(cfg: Config, runs_root: Path, device: torch.device, quiet: bo
 def resume_training(run_dir: Path, overrides: list[str], device: torch.device, quiet: bool = False,
                     info: DistInfo = SINGLE) -> Path:
     """Continue a run from its last checkpoint. Everything is checked before anything is written."""
-    from genlab.config import apply_overrides, resolve_config
+    from genlab.config import apply_overrides
+    from genlab.resolve import resolve_config
 
     run_dir = require_run_dir(run_dir)
     last = checkpoint_path(run_dir, "last")
@@ -471,21 +513,23 @@ def resume_training(run_dir: Path, overrides: list[str], device: torch.device, q
     import yaml
 
     recorded = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    if recorded.get("method") != payload["method"]:
+    if payload.get("kind") == "inference":
+        raise GenlabError(f"{last} is an inference snapshot (no optimizer state); resuming needs a full checkpoint")
+    same = recorded.get("method") in METHODS and METHODS.canonical(recorded["method"]) == METHODS.canonical(payload["method"])
+    if not same:
         raise GenlabError(f"{last} is a {payload['method']!r} checkpoint, but {run_dir / 'config.yaml'} "
                           f"describes a {recorded.get('method')!r} run")
-    for text in overrides:
-        key = text.partition("=")[0].strip()
-        if key not in RESUMABLE_KEYS:
-            raise GenlabError(f"cannot change {key!r} when resuming; only {', '.join(RESUMABLE_KEYS)} may change")
+    check_resumable(overrides)
     if overrides:
         cfg = resolve_config(apply_overrides(cfg.to_dict(), overrides))
     data = _load_data(cfg, info)
     if list(data.image_shape) != list(payload["image_shape"]):
         raise GenlabError(f"{last} was trained on images of shape {payload['image_shape']}, "
                           f"but data now gives {list(data.image_shape)}")
-    method = METHODS.get(cfg.method)(cfg.model, data.image_shape, device)
+    method = build_method(cfg, data.image_shape, device)
     method.load_state_dict(payload["state"], source=str(last))
+    if cfg.train.ema_decay > 0 and not payload.get("ema"):
+        raise GenlabError(f"{last} holds no EMA state although its config sets train.ema_decay")
     progress = Progress(**payload["progress"])
     set_rng_state(payload["rng"])
 
@@ -501,7 +545,7 @@ def resume_training(run_dir: Path, overrides: list[str], device: torch.device, q
         if info.is_main:
             with open(run_dir / "stats.jsonl", "a") as f:
                 f.write(f'{{"kind": "resume", "step": {progress.step}, "epoch": {progress.epoch}}}\n')
-        trainer = Trainer(cfg, run_dir, device, data, method, progress, quiet, info)
+        trainer = Trainer(cfg, run_dir, device, data, method, progress, quiet, info, ema_state=payload.get("ema"))
         _seed_rank(cfg.train.seed, info, progress.step)
         trainer.fit()
     finally:
@@ -509,3 +553,34 @@ def resume_training(run_dir: Path, overrides: list[str], device: torch.device, q
             log.removeHandler(handler)
             handler.close()
     return run_dir
+
+
+def resumed_config(run_dir: Path, overrides: list[str] | None = None) -> Config:
+    """The configuration `genlab train --resume RUN_DIR [overrides]` would continue with."""
+    from genlab.config import apply_overrides
+    from genlab.resolve import resolve_config
+
+    last = checkpoint_path(require_run_dir(run_dir), "last")
+    cfg = config_from_checkpoint(load_checkpoint(last), last)
+    if overrides:
+        check_resumable(overrides)
+        cfg = resolve_config(apply_overrides(cfg.to_dict(), overrides))
+    return cfg
+
+
+def check_resumable(overrides: list[str]) -> None:
+    for text in overrides:
+        key = text.partition("=")[0].strip()
+        if key not in RESUMABLE_KEYS:
+            raise GenlabError(f"cannot change {key!r} when resuming; only {', '.join(RESUMABLE_KEYS)} may change")
+
+
+def exit_code(run_dir: Path) -> int:
+    """The shell's verdict on a finished run: 1 when it stopped on a non-finite loss (the run and its
+    last good checkpoint are kept), else 0."""
+    import json
+
+    metrics = run_dir / "metrics.json"
+    if metrics.exists() and json.loads(metrics.read_text()).get("train", {}).get("stopped_because") == "non_finite_loss":
+        return 1
+    return 0

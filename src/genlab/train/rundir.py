@@ -7,7 +7,7 @@ Layout of a run directory:
     tb/                TensorBoard event files
     samples/           sample grids from fixed seeds, one per epoch (so epochs compare)
     reconstructions/   validation images beside their reconstructions (families with an encoder)
-    checkpoints/       last.pt, and best.pt for families with a validation loss
+    checkpoints/       last.pt and best.pt (full state), last-inference.pt and best-inference.pt (weights to sample with)
     metrics.json       the final summary (training; evaluation adds to it)
 """
 
@@ -27,6 +27,7 @@ from genlab.errors import GenlabError
 from genlab.io import atomic_write
 
 RUN_NAME = re.compile(r"^(\d{5})-")
+INFERENCE_SUFFIX = "-inference"
 log = logging.getLogger("genlab")
 
 
@@ -56,6 +57,11 @@ def checkpoint_path(run_dir: Path, which: str = "last") -> Path:
     return run_dir / "checkpoints" / f"{which}.pt"
 
 
+def inference_path(path: Path) -> Path:
+    """``checkpoints/last.pt`` -> ``checkpoints/last-inference.pt``: the lean snapshot beside it."""
+    return path.with_name(f"{path.stem}{INFERENCE_SUFFIX}{path.suffix}")
+
+
 def require_run_dir(path: Path) -> Path:
     """A directory that ``genlab train`` made: it has config.yaml and a checkpoints folder."""
     if not path.exists():
@@ -65,14 +71,17 @@ def require_run_dir(path: Path) -> Path:
     return path
 
 
-def find_checkpoint(run_or_file: Path, which: str = "last") -> Path:
-    """A run directory (its ``which`` checkpoint) or a checkpoint file given directly."""
+def find_checkpoint(run_or_file: Path, which: str = "last", inference: bool = False) -> Path:
+    """A run directory (its ``which`` checkpoint; with ``inference``, its lean snapshot when there is
+    one, which loads faster and holds the weights to sample with) or a checkpoint file given directly."""
     if run_or_file.is_file():
         return run_or_file
     run_dir = require_run_dir(run_or_file)
     path = checkpoint_path(run_dir, which)
+    if inference and inference_path(path).is_file():
+        return inference_path(path)
     if not path.is_file():
-        have = sorted(p.stem for p in (run_dir / "checkpoints").glob("*.pt"))
+        have = sorted(p.stem for p in (run_dir / "checkpoints").glob("*.pt") if not p.stem.endswith(INFERENCE_SUFFIX))
         raise GenlabError(f"{run_dir} has no {which!r} checkpoint (it has: {', '.join(have) or 'none'})")
     return path
 
@@ -127,3 +136,16 @@ def update_json(path: Path, updates: dict[str, Any]) -> None:
     data = json.loads(path.read_text()) if path.exists() else {}
     data.update(updates)
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"), "file")
+
+
+def record_evaluation(run_dir: Path, results: dict[str, dict], step: int, checkpoint: str, weights: str) -> None:
+    """An evaluation of a run's checkpoint, kept twice: the latest value per metric in metrics.json,
+    and every evaluation, appended with its step and protocols, in stats.jsonl (the history that a
+    report compares checkpoints from)."""
+    metrics_file = run_dir / "metrics.json"
+    existing = json.loads(metrics_file.read_text()).get("eval", {}) if metrics_file.exists() else {}
+    update_json(metrics_file, {"eval": existing | results})
+    record = {"kind": "eval", "step": step, "source": "genlab eval", "checkpoint": checkpoint, "weights": weights,
+              "results": results}
+    with open(run_dir / "stats.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")

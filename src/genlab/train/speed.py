@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from genlab.errors import GenlabError
+from genlab.methods.step import fused_optimizers
 
 log = logging.getLogger("genlab")
 
@@ -72,11 +73,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def fused_optimizers(device: torch.device) -> bool:
-    """Fused Adam (one kernel for all parameters) on CUDA; foreach elsewhere."""
-    return device.type == "cuda"
-
-
 def plan_speed(train_cfg, device: torch.device, distributed: bool = False) -> SpeedPlan:
     """The speed settings of a run on ``device`` from its ``train`` config section."""
     cuda = device.type == "cuda"
@@ -92,9 +88,10 @@ def plan_speed(train_cfg, device: torch.device, distributed: bool = False) -> Sp
     )
 
 
-def apply_plan(plan: SpeedPlan, method) -> None:
-    """Layout, synchronised BatchNorm, loss scaling and compilation for every network of a family
-    (before the DDP wrapper, which then sees the converted modules)."""
+def apply_plan(plan: SpeedPlan, method, accumulate: int = 1) -> None:
+    """Layout, synchronised BatchNorm, loss scaling and accumulation (through the family's step
+    helper) and compilation for every network of a family (before the DDP wrapper, which then sees
+    the converted modules)."""
     if plan.device_type == "cuda":
         # Every step has the same shapes, so cuDNN's one-time search for the fastest convolution
         # algorithm per shape pays from the second step on.
@@ -104,8 +101,7 @@ def apply_plan(plan: SpeedPlan, method) -> None:
             net.to(memory_format=torch.channels_last)
         if plan.sync_batchnorm:
             torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
-    if plan.grad_scaler:
-        method.grad_scaler = torch.amp.GradScaler("cuda")
+    method.stepper.configure(scaler=torch.amp.GradScaler("cuda") if plan.grad_scaler else None, accumulate=accumulate)
     if plan.compile_mode:
         import torch._dynamo as dynamo  # (not `import torch._dynamo`: that would make `torch` local here)
 
