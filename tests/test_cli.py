@@ -292,6 +292,26 @@ def test_data_info_prepare_and_train_from_the_cache(cli, tmp_path, shared_data):
     assert only_run(runs).name == "00000-tiny-vae-ckplus48"
 
 
+def test_data_info_counts_what_prepare_will_keep(cli, tmp_path):
+    """A folder of 60 good and 2 broken images: info's split counts are prepare's, not the listing's."""
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for i in range(60):
+        Image.new("L", (20, 20), color=i).save(root / f"ok{i:02d}.png")
+    (root / "bad1.png").write_bytes(b"not a png")
+    (root / "bad2.jpg").write_bytes(b"\xff\xd8\xff truncated")
+    code, info, err = cli("data", "info", "folder", "--root", root, "size=16", "val_fraction=0.1")
+    assert code == 0, err
+    code, prepared, err = cli("data", "prepare", "folder", "--root", root, "size=16", "val_fraction=0.1")
+    assert code == 0 and "2 skipped" in prepared
+    counts = prepared.split(": ", 1)[1].split(";")[0]  # "train 54, val 6, test 0"
+    splits_line = next(line for line in info.splitlines() if line.startswith("splits"))
+    assert splits_line.startswith(f"splits   {counts} (") and "train 60" not in counts
+    assert "unusable 2 files left out of the splits" in info
+    code, again, _ = cli("data", "info", "folder", "--root", root, "size=16", "val_fraction=0.1")  # from the cache
+    assert next(line for line in again.splitlines() if line.startswith("splits")) == splits_line
+
+
 def test_data_prepare_from_a_preset(cli, tmp_path):
     code, out, err = cli("data", "prepare", "tiny-vae")
     assert code == 0, err

@@ -419,3 +419,69 @@ def test_samples_do_not_depend_on_the_noise_of_other_images():
     assert torch.equal(second[1], torch.rand(5, generator=g))
     alone = SeededNoise([3], CPU)
     assert torch.equal(alone.randn(2, 2)[0], first[0]) and torch.equal(alone.rand(5)[0], second[0])
+
+
+# ------------------------------------------------------------------------------------------ through the CLI
+
+
+def test_reconstruct_reports_the_units_and_numbers_of_eval(cli, tmp_path):
+    """One unit everywhere: reconstruct's per-image MSE is eval's recon MSE ([0,1] units), not 4x it."""
+    runs = tmp_path / "runs"
+    assert cli("train", "tiny-vae", "--runs-dir", runs, "--quiet")[0] == 0
+    run = only_run(runs)
+    code, out, err = cli("reconstruct", run, "--n", 16, "--out", tmp_path / "r.png")
+    assert code == 0, err
+    assert "[0,1] units" in out.splitlines()[0]
+    rows = [line.split() for line in out.splitlines()[1:17]]
+    mse, psnr = [float(r[1]) for r in rows], [float(r[2]) for r in rows]
+    assert [int(r[0]) for r in rows] == list(range(16))
+    code, out, err = cli("eval", run, "--metrics", "recon", "--n", 16, "--split", "val", "--json")
+    assert code == 0, err
+    results = json.loads(out)
+    assert sum(mse) / 16 == pytest.approx(results["mse"]["value"], abs=1e-6)
+    assert mse[:10] == pytest.approx(results["mse"]["per_image"], abs=1e-6)
+    assert sum(psnr) / 16 == pytest.approx(results["psnr"]["value"], abs=1e-3)
+    code, out, _ = cli("reconstruct", run, "--n", 4, "--random", "--seed", 1, "--out", tmp_path / "q.png")
+    picked = [int(line.split()[0]) for line in out.splitlines()[1:5]]
+    assert code == 0 and picked != [0, 1, 2, 3] and len(set(picked)) == 4
+    code, _, err = cli("reconstruct", run, "--split", "test", "--out", tmp_path / "t.png")
+    assert code == 2 and "has no test split here; choose --split val or train" in err
+
+
+def test_a_gan_with_ema_grids_and_samples_with_the_averaged_generator(cli, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from genlab.train.rundir import image_grid
+
+    runs = tmp_path / "runs"
+    code, _, err = cli("train", "tiny-dcgan", "train.ema_decay=0.5", "--runs-dir", runs, "--quiet")
+    assert code == 0 and "EMA 0.5 of generator" in err
+    run = only_run(runs)
+    ema_model, cfg, payload = build_method_from_checkpoint(run / "checkpoints" / "last.pt", CPU)
+    grid = (image_grid(ema_model.sample(cfg.train.num_samples, cfg.train.sample_seed)) * 255).round().byte()
+    written = np.asarray(Image.open(run / "samples" / "epoch-0002.png").convert("L"))
+    assert np.array_equal(written, grid[0].numpy())  # the grid is the EMA generator's
+    raw_model, _, _ = build_method_from_checkpoint(run / "checkpoints" / "last.pt", CPU, raw_weights=True)
+    assert not torch.equal(raw_model.sample(16, 0), ema_model.sample(16, 0))
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    assert cli("sample", run, "--n", 8, "--out", a)[0] == 0  # the lean snapshot: EMA weights
+    assert cli("sample", run, "--n", 8, "--out", b, "--raw-weights")[0] == 0
+    assert np.array_equal(np.load(a)["images"], ema_model.sample(8, 0).numpy())
+    assert np.array_equal(np.load(b)["images"], raw_model.sample(8, 0).numpy())
+    lean, full = (run / "checkpoints" / n for n in ("last-inference.pt", "last.pt"))
+    assert lean.stat().st_size < full.stat().st_size / 1.5  # no optimizer moments, no RNG
+
+
+def test_the_cli_defaults_are_the_evaluation_table(cli):
+    from genlab.cli import build_parser
+    from genlab.metrics.settings import EvalSettings
+
+    args = build_parser("eval").parse_args(["eval", "somewhere"])
+    table = EvalSettings()
+    assert (args.n, args.extractor, args.seed, args.batch_size) == (table.n, table.extractor, table.seed, table.batch_size)
+    from genlab.resolve import load_config as resolve
+
+    assert resolve("tiny-vae").eval.extractor == table.extractor
+    with pytest.raises(SystemExit):
+        build_parser("eval").parse_args(["eval", "x", "--extractor", "inception"])  # the registry's names only

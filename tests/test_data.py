@@ -214,6 +214,46 @@ def test_att_faces_pgm_from_shared_data(shared_data):
     assert len(data.labels["train"].unique()) == 40
 
 
+# Synthetic twins of the real layouts above, written here, so a clone without ../shared/data still
+# tests every loader path; the real-data tests keep what only real files show (real JPEG decoding,
+# the real counts).
+
+EMOTIONS = ["anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise"]
+
+
+def test_ckplus_emotion_folders_written_here(tmp_path):
+    """CK+48's layout: CK+48/<emotion>/S<subject>_<sequence>_<frame>.png, 48x48 grayscale."""
+    root = tmp_path / "ckplus48"
+    for e, emotion in enumerate(EMOTIONS):
+        (root / "CK+48" / emotion).mkdir(parents=True)
+        for k in range(4):
+            Image.fromarray(noise(48, 48), "L").save(root / "CK+48" / emotion / f"S{e:03d}_00{k}_0000001{k}.png")
+    data = load_dataset(cfg("folder", root, size=32, channels=1, val_fraction=0.25))
+    assert len(data.train) + len(data.val) == 28 and data.train.shape[1:] == (1, 32, 32)
+    assert read_meta(data.cache_dir)["label_names"] == EMOTIONS
+    assert sorted((data.labels["train"].tolist() + data.labels["val"].tolist())) == sorted(list(range(7)) * 4)
+
+
+def test_att_faces_pgm_subjects_written_here(tmp_path):
+    """The AT&T layout: s<subject>/<n>.pgm, 92x112 grayscale PGM (P5); the largest centred square
+    (92x92) is cut and resized, exactly as PIL does it."""
+    root = tmp_path / "att_faces"
+    faces = {}
+    for subject in range(1, 5):
+        (root / f"s{subject}").mkdir(parents=True)
+        for n in range(1, 4):
+            faces[(subject, n)] = noise(112, 92)
+            Image.fromarray(faces[(subject, n)], "L").save(root / f"s{subject}" / f"{n}.pgm")
+    assert (root / "s1" / "1.pgm").read_bytes()[:2] == b"P5"
+    data = load_dataset(cfg("folder", root, size=32, channels=1, val_fraction=0.0))
+    assert data.train.shape == (12, 1, 32, 32)
+    assert read_meta(data.cache_dir)["label_names"] == ["s1", "s2", "s3", "s4"]
+    keys = (data.cache_dir / "train_keys.txt").read_text().split()
+    first = keys.index("s1/1.pgm")
+    expected = Image.fromarray(faces[(1, 1)], "L").crop((0, 10, 92, 102)).resize((32, 32), Image.BICUBIC)
+    assert np.array_equal(data.train[first, 0].numpy(), np.asarray(expected))
+
+
 # ------------------------------------------------------------------------------------------- CelebA
 
 
@@ -325,6 +365,26 @@ def test_cifar10_missing_batch(tmp_path):
         load_dataset(cfg("cifar10", tmp_path))
     with pytest.raises(GenlabError, match="neither cifar-10-batches-py"):
         load_dataset(cfg("cifar10", tmp_path / "cifar-10-batches-py" / ".."  / ".." ))
+
+
+CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def test_cifar10_class_folders_written_here(tmp_path):
+    """The class-folder layout of ../shared/data/cifar10-jpeg: train/<class>/*.jpg, test/<class>/*.jpg,
+    the official test split kept, validation carved from the official train split (seed 003's way)."""
+    for split, count in (("train", 5), ("test", 2)):
+        for c in CIFAR_CLASSES:
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(noise(32, 32, 3), "RGB").save(tmp_path / split / c / f"{i:04d}.jpg", quality=75)
+    c = cfg("cifar10", tmp_path, size=32, channels=3, val_fraction=0.2)
+    data = load_dataset(c)
+    assert (len(data.train), len(data.val), len(data.test)) == (40, 10, 20)
+    assert read_meta(data.cache_dir)["label_names"] == CIFAR_CLASSES
+    keys = (data.cache_dir / "test_keys.txt").read_text().split()
+    assert all(k.startswith("test/") for k in keys)
+    assert [CIFAR_CLASSES[y] for y in data.labels["test"].tolist()] == [k.split("/")[1] for k in keys]
 
 
 def test_cifar10_class_folders_from_shared_data(shared_data):

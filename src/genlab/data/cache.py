@@ -115,41 +115,43 @@ def preprocess(raw, cfg: DataConfig) -> np.ndarray:
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
-_JOB: tuple[Catalog, DataConfig] | None = None  # what forked workers decode (inherited, not pickled)
+_JOB: tuple[Catalog, DataConfig, bool] | None = None  # what forked workers decode (inherited, not pickled)
 
 
 def _decode_one(i: int):
-    catalog, cfg = _JOB  # type: ignore[misc]
+    catalog, cfg, keep = _JOB  # type: ignore[misc]
     try:
-        return i, preprocess(catalog.decode(i), cfg), None
+        arr = preprocess(catalog.decode(i), cfg)
+        return i, arr if keep else None, None
     except Exception as e:  # PIL raises many types for corrupt, truncated or odd files
         return i, None, f"{type(e).__name__}: {e}".strip()
 
 
-def decode_all(catalog: Catalog, cfg: DataConfig) -> tuple[np.ndarray, list[tuple[int, str]]]:
-    """All items -> (N, C, S, S) uint8 and a list of (item, reason) that could not be used."""
+def decode_all(catalog: Catalog, cfg: DataConfig, keep: bool = True) -> tuple[np.ndarray | None, list[tuple[int, str]]]:
+    """All items -> (N, C, S, S) uint8 and a list of (item, reason) that could not be used. With
+    ``keep=False`` every item is checked exactly as for the cache, but no pixels are kept (None)."""
     global _JOB
-    out = np.zeros((len(catalog), cfg.channels, cfg.size, cfg.size), dtype=np.uint8)
+    out = np.zeros((len(catalog), cfg.channels, cfg.size, cfg.size), dtype=np.uint8) if keep else None
     failed: list[tuple[int, str]] = []
     workers = cfg.workers or os.cpu_count() or 1
-    _JOB = (catalog, cfg)
+    _JOB = (catalog, cfg, keep)
     try:
         if workers > 1 and len(catalog) >= 256 and "fork" in multiprocessing.get_all_start_methods():
             # Forked workers inherit the catalog (closures over file lists) without pickling it.
             with multiprocessing.get_context("fork").Pool(workers) as pool:
                 results = pool.imap_unordered(_decode_one, range(len(catalog)), chunksize=64)
                 for i, arr, err in results:
-                    if err is None:
-                        out[i] = arr
-                    else:
+                    if err is not None:
                         failed.append((i, err))
+                    elif keep:
+                        out[i] = arr
         else:
             for i in range(len(catalog)):
                 _, arr, err = _decode_one(i)
-                if err is None:
-                    out[i] = arr
-                else:
+                if err is not None:
                     failed.append((i, err))
+                elif keep:
+                    out[i] = arr
     finally:
         _JOB = None
     return out, sorted(failed)

@@ -1,6 +1,10 @@
 """What `genlab data info` reports about a source, as data (``inspect_source``) and as text
 (``format_info``): counts per split, image sizes and modes of a sample of files, labels, the output
-settings and the state of the cache."""
+settings and the state of the cache.
+
+The split counts are those `prepare` will write: unusable files (corrupt, truncated, not an image,
+smaller than the crop) are found by the same per-file check and left out. When the cache is ready
+its own counts are used; otherwise every file is checked (in parallel, without keeping pixels)."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from collections import Counter
 from typing import Any
 
 from genlab.config import DataConfig
-from genlab.data.cache import CACHE_FORMAT, cache_path, list_catalog, read_meta
+from genlab.data.cache import CACHE_FORMAT, cache_path, decode_all, list_catalog, read_meta
 from genlab.data.splits import SPLITS, assign_splits
 
 SAMPLED_FILES = 50  # files decoded to report sizes and modes, spread over the listing
@@ -17,6 +21,15 @@ SAMPLED_FILES = 50  # files decoded to report sizes and modes, spread over the l
 def inspect_source(cfg: DataConfig) -> dict[str, Any]:
     catalog = list_catalog(cfg)
     splits = assign_splits(catalog, cfg)
+    path = cache_path(cfg, catalog)
+    meta = read_meta(path)
+    if meta is not None and meta.get("format") == CACHE_FORMAT:
+        counts, unusable = dict(meta["counts"]), list(meta["skipped"])
+    else:
+        _, failed = decode_all(catalog, cfg, keep=False)
+        bad = {i for i, _ in failed}
+        counts = {s: sum(1 for i in splits[s].tolist() if i not in bad) for s in SPLITS}
+        unusable = [[catalog.keys[i], reason] for i, reason in failed]
     scheme = "official" if cfg.split == "official" or (cfg.split == "auto" and catalog.has_official_split) else "random"
     seeded = scheme == "random" or catalog.official.count("val") == 0
     sizes: Counter = Counter()
@@ -35,16 +48,15 @@ def inspect_source(cfg: DataConfig) -> dict[str, Any]:
         else:
             sizes[f"{raw.shape[1]}x{raw.shape[0]}"] += 1
             modes["L" if raw.ndim == 2 else "RGB"] += 1
-    path = cache_path(cfg, catalog)
     return {
         "source": cfg.source, "root": cfg.root, "items": len(catalog), "notes": list(catalog.notes),
-        "splits": {s: len(splits[s]) for s in SPLITS}, "scheme": scheme, "split_seed": cfg.split_seed if seeded else None,
+        "splits": counts, "unusable": unusable, "scheme": scheme, "split_seed": cfg.split_seed if seeded else None,
         "parts": cfg.num_parts, "part": cfg.part, "sizes": sizes.most_common(3), "modes": modes.most_common(),
         "unreadable_sampled": failed, "sampled": sum(sizes.values()) + failed,
         "classes": len(set(catalog.labels)) if catalog.labels is not None else None,
         "class_names": list(catalog.label_names), "attributes": len(catalog.attribute_names) if catalog.attributes is not None else None,
         "output": {"size": cfg.size, "channels": cfg.channels, "crop": cfg.crop, "filter": cfg.resize_filter},
-        "cache": {"path": str(path), "meta": read_meta(path)},
+        "cache": {"path": str(path), "meta": meta},
     }
 
 
@@ -53,6 +65,9 @@ def format_info(info: dict[str, Any]) -> str:
     lines += [f"note     {note}" for note in info["notes"]]
     seed = f", seed {info['split_seed']}" if info["split_seed"] is not None else ""
     lines.append(f"splits   {', '.join(f'{s} {n}' for s, n in info['splits'].items())} ({info['scheme']}{seed})")
+    if info["unusable"]:
+        first, reason = info["unusable"][0]
+        lines.append(f"unusable {len(info['unusable'])} files left out of the splits, as prepare does (first: {first}: {reason})")
     if info["parts"] > 1:
         lines.append(f"parts    train cut into {info['parts']} equal parts of {info['splits']['train'] // info['parts']}; "
                      f"using part {info['part']}")
