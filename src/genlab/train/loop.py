@@ -8,6 +8,7 @@ and declares what it can do; adding a family never changes this file.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -174,8 +175,6 @@ class Trainer:
 
     def reporting(self):
         """The context every report on the model runs in: eval mode, and the EMA weights when EMA is on."""
-        import contextlib
-
         stack = contextlib.ExitStack()
         if self.ema is not None:
             stack.enter_context(self.ema.applied(self.method))
