@@ -162,3 +162,12 @@ def test_what_a_family_cannot_do_is_refused_when_the_config_resolves(preset, ove
 def test_patience_on_a_gan_works_when_it_watches_an_evaluated_metric():
     cfg = load_config("tiny-dcgan", ["train.patience=3", "train.monitor=swd", "eval.every=1", "eval.metrics=[swd]"])
     assert cfg.train.patience == 3 and cfg.train.monitor == "swd"
+
+
+def test_a_partial_override_of_a_section_keeps_the_family_defaults_of_the_rest():
+    """`model.d_optim.lr=4e-4` changes the learning rate only: the GAN's own defaults for the rest of
+    that section (Adam, beta1 = 0.5) stay, not the generic OptimConfig's."""
+    cfg = load_config("tiny-dcgan", ["model.d_optim.lr=4e-4"])
+    assert cfg.model.d_optim.lr == 4e-4
+    assert cfg.model.d_optim.betas == cfg.model.g_optim.betas == [0.5, 0.999]
+    assert cfg.model.g_optim.lr == 2e-4

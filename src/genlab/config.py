@@ -289,11 +289,19 @@ def build_dataclass(cls: type, raw: dict[str, Any] | None, prefix: str = "", all
                 key = f"{key}.{sub}"
             raise _unknown_key_error(prefix + key, all_keys)
     kwargs = {}
+    defaults = {f.name: f for f in dataclasses.fields(cls)}
     for name, value in raw.items():
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
                 raise GenlabError(f"config key {prefix + name!r} is a section; set its fields, e.g. {prefix + name}.<key>=...")
+            # The keys given change the section's own default (a GAN's optimizer: Adam with beta1 = 0.5),
+            # not the bare dataclass's: unset keys keep the value the field's default gives them.
+            field_default = defaults[name]
+            base = (field_default.default_factory() if field_default.default_factory is not dataclasses.MISSING
+                    else field_default.default if field_default.default is not dataclasses.MISSING else None)
+            if dataclasses.is_dataclass(base):
+                value = {**dataclasses.asdict(base), **value}
             kwargs[name] = build_dataclass(tp, value, prefix + name + ".", all_keys)
         else:
             kwargs[name] = _coerce(value, tp, prefix + name)
