@@ -399,12 +399,13 @@ def test_gan_architecture_and_objective_are_chosen_apart():
     torch.manual_seed(0)
     gan = METHODS.get(cfg.method)(cfg.model, (1, 16, 16), CPU)
     assert gan.objective.d_loss.__name__ == "d_least_squares_loss"
-    assert set(gan.run_step(torch.rand(8, 1, 16, 16) * 2 - 1, 0)) == {"loss_d", "loss_g", "d_real", "d_fake"}
+    assert set(gan.run_step(torch.rand(8, 1, 16, 16) * 2 - 1, 0)) == {"loss_d", "loss_g", "score_real", "score_fake"}
     with pytest.raises(GenlabError, match="unknown GAN architecture 'stylegan'"):
         load_config("tiny-dcgan", ["model.arch=stylegan"])
-    with pytest.raises(GenlabError, match="unknown GAN objective 'hinge'"):
-        load_config("tiny-dcgan", ["model.loss=hinge"])
-    ttur = load_config("tiny-dcgan", ["model.d_optim.lr=4e-4", "model.g_optim.lr=1e-4", "model.d_optim.name=rmsprop"])
+    with pytest.raises(GenlabError, match="unknown GAN objective 'relativistic'"):
+        load_config("tiny-dcgan", ["model.loss=relativistic"])
+    ttur = load_config("tiny-dcgan", ["model.d_optim.lr=4e-4", "model.g_optim.lr=1e-4", "model.d_optim.name=rmsprop",
+                                      "model.d_optim.betas=null"])
     gan = METHODS.get(ttur.method)(ttur.model, (1, 16, 16), CPU)
     assert isinstance(gan.opt_d, torch.optim.RMSprop) and gan.opt_d.param_groups[0]["lr"] == 4e-4
     assert gan.opt_g.param_groups[0]["lr"] == 1e-4

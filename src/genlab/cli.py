@@ -138,7 +138,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("samples.png"), help=".png grid or .npz array (default: samples.png)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image (default: 0)")
     p.add_argument("--checkpoint", choices=CHECKPOINTS, default="last", help="which checkpoint of a run (default: last)")
-    p.add_argument("--raw-weights", action="store_true", help="the last iterate instead of the EMA weights")
+    p.add_argument("--raw-weights", "--no-ema", action="store_true", help="the last iterate instead of the EMA weights")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images generated at once")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     _common(p)
@@ -153,7 +153,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--random", action="store_true", help="a seeded random choice of images instead of the first --n")
     p.add_argument("--seed", type=int, default=0, help="seed of --random (default: 0)")
     p.add_argument("--checkpoint", choices=CHECKPOINTS, default="last", help="which checkpoint of a run (default: last)")
-    p.add_argument("--raw-weights", action="store_true", help="the last iterate instead of the EMA weights")
+    p.add_argument("--raw-weights", "--no-ema", action="store_true", help="the last iterate instead of the EMA weights")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     _common(p)
 
@@ -173,7 +173,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("train", "val", "test"), default=None,
                    help="reference split (default train) and held-out split for recon/bpd (default test, else val)")
     p.add_argument("--checkpoint", choices=CHECKPOINTS, default="last", help="which checkpoint of a run (default: last)")
-    p.add_argument("--raw-weights", action="store_true", help="the last iterate instead of the EMA weights")
+    p.add_argument("--raw-weights", "--no-ema", action="store_true", help="the last iterate instead of the EMA weights")
     p.add_argument("--real", metavar="SOURCE", help="score --fake images against this data source or preset")
     p.add_argument("--root", help="data root for --real")
     p.add_argument("--fake", type=Path, metavar="DIR_OR_NPZ", help="images to score: a folder or an .npz with 'images'")

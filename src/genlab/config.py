@@ -106,11 +106,13 @@ class OptimConfig:
 
     name: str = "adam"  # adam | adamw (decoupled weight decay, Loshchilov & Hutter 2019) | rmsprop
     lr: float = 1e-3  # learning rate
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam's beta1, beta2 (rmsprop: alpha = beta2)
+    betas: list[float] | None = None  # Adam's beta1, beta2; null = (0.9, 0.999). RMSprop has none: leave null
+    alpha: float = 0.99  # RMSprop's smoothing constant of the squared-gradient average (Tieleman & Hinton 2012)
     eps: float = 1e-8  # added to the denominator
     weight_decay: float = 0.0  # adam: L2 penalty added to the gradient; adamw: decoupled decay
     lr_gamma: float = 1.0  # the learning rate is multiplied by this after every epoch (1 = constant)
     grad_clip: float = 0.0  # maximum global norm of this optimizer's gradients per step (0 = no clipping)
+    agc: float = 0.0  # adaptive gradient clipping (Brock et al. 2021): unit-wise |grad| / |weight| at most this; 0 = off
 
     def validate(self, prefix: str = "") -> None:
         check_choice(f"{prefix}name", self.name, OPTIMIZERS)
@@ -119,10 +121,18 @@ class OptimConfig:
         check_positive(f"{prefix}weight_decay", self.weight_decay, allow_zero=True)
         check_positive(f"{prefix}lr_gamma", self.lr_gamma)
         check_positive(f"{prefix}grad_clip", self.grad_clip, allow_zero=True)
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise GenlabError(f"config key '{prefix}betas' needs two values in [0, 1), got {self.betas}")
+        check_positive(f"{prefix}agc", self.agc, allow_zero=True)
+        if not 0 <= self.alpha < 1:
+            raise GenlabError(f"config key '{prefix}alpha' must be in [0, 1), got {self.alpha}")
+        if self.betas is not None:
+            if self.name == "rmsprop":
+                raise GenlabError(f"config key '{prefix}betas': RMSprop has no betas (its smoothing constant is "
+                                  f"{prefix}alpha); set {prefix}betas=null")
+            if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+                raise GenlabError(f"config key '{prefix}betas' needs two values in [0, 1), got {self.betas}")
 
 
+ADAM_BETAS = (0.9, 0.999)  # Kingma & Ba 2015's defaults, used when betas is null
 OPTIMIZERS = ("adam", "adamw", "rmsprop")
 
 

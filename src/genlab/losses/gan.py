@@ -1,8 +1,11 @@
-"""GAN objectives as pure functions of discriminator logits, named by the side they train.
+"""GAN objectives as pure functions of discriminator outputs, named by the side they train, and the
+gradient penalties as pure functions of the discriminator's input gradients.
 
-Each returns one value per sample. With softplus(t) = log(1 + e^t):
--log(sigmoid(t)) = softplus(-t) and -log(1 - sigmoid(t)) = softplus(t), which is the numerically
-stable form of the binary cross-entropy of Goodfellow et al. (2014), eq. 1.
+Each returns one value per sample; the method reduces them. With softplus(t) = log(1 + e^t):
+-log(sigmoid(t)) = softplus(-t) and -log(1 - sigmoid(t)) = softplus(t), the numerically stable form
+of the binary cross-entropy of Goodfellow et al. (2014), eq. 1. Discriminator losses take the
+targets of real and fake images (tensors or floats): 1 and 0 unless label smoothing, flipping or
+noise change them; objectives without targets (Wasserstein, hinge) take and ignore them.
 """
 
 from __future__ import annotations
@@ -16,14 +19,12 @@ import torch.nn.functional as F
 from genlab.registry import Registry
 
 
-def d_logistic_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, real_label: float = 1.0) -> torch.Tensor:
-    """Discriminator side of Goodfellow et al. (2014), eq. 1: -log D(x) - log(1 - D(G(z))).
-
-    ``real_label`` < 1 is one-sided label smoothing (Salimans et al. 2016, section 3.4):
-    BCE(t, y) = softplus(t) - y * t.
-    """
+def d_logistic_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, real_target=1.0, fake_target=0.0) -> torch.Tensor:
+    """Discriminator side of Goodfellow et al. (2014), eq. 1: -log D(x) - log(1 - D(G(z))), as the
+    binary cross-entropy BCE(t, y) = softplus(t) - y t with targets y (1 and 0; a real target of 0.9
+    is one-sided label smoothing, Salimans et al. 2016, section 3.4)."""
     real_logits, fake_logits = real_logits.float(), fake_logits.float()
-    return F.softplus(real_logits) - real_label * real_logits + F.softplus(fake_logits)
+    return F.softplus(real_logits) - real_target * real_logits + F.softplus(fake_logits) - fake_target * fake_logits
 
 
 def g_nonsaturating_loss(fake_logits: torch.Tensor) -> torch.Tensor:
@@ -31,23 +32,62 @@ def g_nonsaturating_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return F.softplus(-fake_logits.float())
 
 
-def d_least_squares_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, real_label: float = 1.0) -> torch.Tensor:
-    """LSGAN discriminator (Mao et al. 2017, eq. 9 with a=0, b=1): 0.5 (D(x) - 1)^2 + 0.5 D(G(z))^2."""
-    return 0.5 * (real_logits.float() - real_label).square() + 0.5 * fake_logits.float().square()
+def d_least_squares_loss(real_out: torch.Tensor, fake_out: torch.Tensor, real_target=1.0, fake_target=0.0) -> torch.Tensor:
+    """LSGAN discriminator (Mao et al. 2017, eq. 9 with a = 0, b = 1): 0.5 (D(x) - b)^2 + 0.5 (D(G(z)) - a)^2."""
+    return 0.5 * (real_out.float() - real_target).square() + 0.5 * (fake_out.float() - fake_target).square()
 
 
-def g_least_squares_loss(fake_logits: torch.Tensor) -> torch.Tensor:
-    """LSGAN generator (Mao et al. 2017, eq. 9 with c=1): 0.5 (D(G(z)) - 1)^2."""
-    return 0.5 * (fake_logits.float() - 1).square()
+def g_least_squares_loss(fake_out: torch.Tensor) -> torch.Tensor:
+    """LSGAN generator (Mao et al. 2017, eq. 9 with c = 1): 0.5 (D(G(z)) - 1)^2."""
+    return 0.5 * (fake_out.float() - 1).square()
+
+
+def d_wasserstein_loss(real_out: torch.Tensor, fake_out: torch.Tensor, real_target=None, fake_target=None) -> torch.Tensor:
+    """Critic side of the Wasserstein GAN (Arjovsky et al. 2017, eq. 3; Gulrajani et al. 2017,
+    algorithm 1, line 7 without its penalty): D(G(z)) - D(x). Targets do not apply."""
+    return fake_out.float() - real_out.float()
+
+
+def g_wasserstein_loss(fake_out: torch.Tensor) -> torch.Tensor:
+    """Generator side of the Wasserstein GAN (Gulrajani et al. 2017, algorithm 1, line 12): -D(G(z))."""
+    return -fake_out.float()
+
+
+def d_hinge_loss(real_out: torch.Tensor, fake_out: torch.Tensor, real_target=None, fake_target=None) -> torch.Tensor:
+    """Hinge discriminator (Lim & Ye 2017; Miyato et al. 2018, eq. 16): max(0, 1 - D(x)) + max(0, 1 + D(G(z)))."""
+    return F.relu(1.0 - real_out.float()) + F.relu(1.0 + fake_out.float())
+
+
+def g_hinge_loss(fake_out: torch.Tensor) -> torch.Tensor:
+    """Hinge generator (Miyato et al. 2018, eq. 17): -D(G(z))."""
+    return -fake_out.float()
+
+
+def gradient_penalty(gradients: torch.Tensor, target: float = 1.0) -> torch.Tensor:
+    """WGAN-GP's penalty (Gulrajani et al. 2017, eq. 3) per sample: (||grad_x D(x^)||_2 - 1)^2, where
+    the gradients are taken at random interpolates x^ = e x + (1 - e) G(z), e ~ U[0, 1]."""
+    return (gradients.flatten(1).norm(2, dim=1) - target).square()
+
+
+def r1_penalty(gradients: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018, eq. 9) per sample: ||grad_x D(x)||^2 on real images; the method
+    weights it by gamma / 2."""
+    return gradients.flatten(1).square().sum(1)
 
 
 @dataclass(frozen=True)
 class GANObjective:
-    d_loss: Callable  # (real_logits, fake_logits, real_label) -> per-sample discriminator loss
-    g_loss: Callable  # fake_logits -> per-sample generator loss
+    d_loss: Callable  # (real_out, fake_out, real_target, fake_target) -> per-sample discriminator loss
+    g_loss: Callable  # fake_out -> per-sample generator loss
+    targets: bool  # takes real/fake targets: label smoothing, flipping and noise apply
+    probabilities: bool  # D's outputs are logits of the probability that an image is real
+    penalty: str = ""  # "gp": the objective includes WGAN-GP's gradient penalty (model.gp_weight)
 
 
 # ``model.loss``: the objective a GAN is trained with, apart from its architecture (``model.arch``).
 GAN_LOSSES: Registry = Registry("GAN objective")
-GAN_LOSSES.register("nonsaturating")(GANObjective(d_logistic_loss, g_nonsaturating_loss))
-GAN_LOSSES.register("lsgan")(GANObjective(d_least_squares_loss, g_least_squares_loss))
+GAN_LOSSES.register("nonsaturating")(GANObjective(d_logistic_loss, g_nonsaturating_loss, targets=True, probabilities=True))
+GAN_LOSSES.register("lsgan")(GANObjective(d_least_squares_loss, g_least_squares_loss, targets=True, probabilities=False))
+GAN_LOSSES.register("wgan-gp", aliases=("wgangp",))(
+    GANObjective(d_wasserstein_loss, g_wasserstein_loss, targets=False, probabilities=False, penalty="gp"))
+GAN_LOSSES.register("hinge")(GANObjective(d_hinge_loss, g_hinge_loss, targets=False, probabilities=False))

@@ -38,6 +38,7 @@ class Method:
     has_encoder: ClassVar[bool] = False  # reconstruct(x): `genlab reconstruct`, the recon metric
     has_likelihood: ClassVar[bool] = False  # log_likelihood(x): bits per dimension
     has_validation_loss: ClassVar[bool] = False  # validation_step(...)["loss"]: early stopping on val_loss, best.pt
+    has_validation_step: ClassVar[bool] = False  # validation_step gives held-out losses to log (implied by the above)
     latent_kind: ClassVar[str] = "flat"  # what generate(z) takes: flat (N, D) | image (N, C, H, W) | none
     samplers: ClassVar[tuple[str, ...]] = ("latent",)  # samplers it supports; the first is its default
     ema_targets: ClassVar[tuple[str, ...]] = ()  # networks (names in networks()) averaged when train.ema_decay > 0
@@ -67,7 +68,8 @@ class Method:
         raise NotImplementedError
 
     def validation_step(self, x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """Losses on a held-out batch without updating; includes ``loss`` (has_validation_loss)."""
+        """Losses on a held-out batch without updating (has_validation_step), including ``loss`` when
+        it is one to stop early on (has_validation_loss); ``generator`` draws any noise, the same every epoch."""
         raise NotImplementedError
 
     def latent_shape(self) -> tuple[int, ...]:

@@ -1,5 +1,8 @@
-"""GANs: one alternating discriminator/generator step per batch, the network pair from
-``model.arch`` (DCGAN, Radford et al. 2016, today) and the objective from ``model.loss``.
+"""GANs: the network pair from ``model.arch`` (DCGAN, Radford et al. 2016, with optional spectral
+norm, other normalisations and self-attention), the objective from ``model.loss`` (non-saturating,
+LSGAN, WGAN-GP, hinge), and every stabiliser the seed reports used as a ``model.*`` switch, all off
+by default. The whole discriminator/generator step is :meth:`GANMethod.train_step`, read top to
+bottom as in rosinality's ``train()``.
 
 ``method: dcgan`` is an alias of ``method: gan`` (the DCGAN architecture is the default)."""
 
@@ -10,10 +13,10 @@ from typing import ClassVar
 
 import torch
 
-from genlab.config import OptimConfig, check_positive
+from genlab.config import OptimConfig, check_choice, check_positive
 from genlab.data.augment import diff_augment, parse_policy
 from genlab.errors import GenlabError
-from genlab.losses.gan import GAN_LOSSES
+from genlab.losses.gan import GAN_LOSSES, gradient_penalty, r1_penalty
 from genlab.methods import METHODS
 from genlab.methods.base import Method, unwrap
 from genlab.methods.step import frozen, make_optimizer, make_scheduler
@@ -27,13 +30,26 @@ def _gan_optim() -> OptimConfig:
 @dataclass
 class GANConfig:
     arch: str = "dcgan"  # generator/discriminator pair (genlab.models.GAN_ARCHS)
-    loss: str = "nonsaturating"  # objective (genlab.losses.gan.GAN_LOSSES): nonsaturating (Goodfellow et al. 2014) | lsgan (Mao et al. 2017)
+    loss: str = "nonsaturating"  # objective (genlab.losses.gan.GAN_LOSSES): nonsaturating | lsgan | wgan-gp | hinge
     latent_dim: int = 100  # size of z (DCGAN uses 100)
     g_widths: list[int] = field(default_factory=list)  # generator channels per step, shallow first; [] = 64, 128, ...
     d_widths: list[int] = field(default_factory=list)  # discriminator channels per step; [] = 64, 128, ...
     base_width: int = 64  # first width when the lists are empty (DCGAN's ngf = ndf = 64)
+    g_norm: str = "batch"  # normalisation in G: batch | instance (seed 000) | none
+    d_norm: str = "batch"  # normalisation in D: batch | instance | layer | none (no batch norm with a gradient penalty)
+    g_spectral_norm: bool = False  # spectral normalisation of every G layer (Zhang et al. 2019 use it in both)
+    d_spectral_norm: bool = False  # spectral normalisation of every D layer (Miyato et al. 2018)
+    attention_res: int = 0  # side of the feature maps that get a self-attention block in G and D (SAGAN); 0 = none
     d_dropout: float = 0.0  # dropout after each discriminator layer (seed 001 uses 0.1)
+    n_critic: int = 1  # discriminator steps per generator step, each on its own batch (WGAN-GP: 5)
+    gp_weight: float = 10.0  # lambda of the gradient penalty of loss wgan-gp (Gulrajani et al. 2017)
+    r1_gamma: float = 0.0  # gamma of the R1 penalty on real images (Mescheder et al. 2018), with any loss; 0 = off
+    r1_every: int = 1  # lazy R1: every k steps, weighted by k (Karras et al. 2020, section 3.1)
     real_label: float = 1.0  # target for real images; 0.9 is one-sided label smoothing
+    label_flip_every: int = 0  # swap real and fake targets in D's loss on every N-th step (seed 002: 16); 0 = never
+    label_noise: float = 0.0  # std of Gaussian noise on D's targets, per image (seed 002: 0.1); 0 = off
+    instance_noise: float = 0.0  # std of Gaussian noise on D's inputs, real and fake (Sønderby et al. 2017); 0 = off
+    instance_noise_steps: int = 0  # the noise falls linearly to 0 over this many steps; 0 = constant
     diffaugment: str = ""  # DiffAugment policies for real and fake images, e.g. "color,translation,cutout"
     g_optim: OptimConfig = field(default_factory=_gan_optim)  # the generator's optimizer
     d_optim: OptimConfig = field(default_factory=_gan_optim)  # the discriminator's (TTUR: a larger lr here)
@@ -44,18 +60,41 @@ class GANConfig:
 
     def validate(self, prefix: str = "model.") -> None:
         GAN_ARCHS.canonical(self.arch)
-        GAN_LOSSES.canonical(self.loss)
-        check_positive(f"{prefix}latent_dim", self.latent_dim)
-        check_positive(f"{prefix}base_width", self.base_width)
+        objective = GAN_LOSSES.get(self.loss)
+        self.loss = GAN_LOSSES.canonical(self.loss)
+        for key in ("latent_dim", "base_width", "n_critic", "r1_every"):
+            if getattr(self, key) < 1:
+                raise GenlabError(f"config key '{prefix}{key}' must be at least 1, got {getattr(self, key)}")
+        for key in ("gp_weight", "r1_gamma", "label_noise", "instance_noise", "instance_noise_steps",
+                    "label_flip_every", "attention_res"):
+            check_positive(f"{prefix}{key}", getattr(self, key), allow_zero=True)
+        check_choice(f"{prefix}g_norm", self.g_norm, ("batch", "instance", "none"))
+        check_choice(f"{prefix}d_norm", self.d_norm, ("batch", "instance", "layer", "none"))
+        if self.attention_res and (self.attention_res < 4 or self.attention_res & (self.attention_res - 1)):
+            raise GenlabError(f"config key '{prefix}attention_res' must be 0 or a power of two >= 4, got {self.attention_res}")
         parse_policy(self.diffaugment)
         if not 0 <= self.d_dropout < 1:
             raise GenlabError(f"config key '{prefix}d_dropout' must be in [0, 1), got {self.d_dropout}")
+        if not 0 < self.real_label <= 1:
+            raise GenlabError(f"config key '{prefix}real_label' must be in (0, 1], got {self.real_label}")
+        penalty = "the gradient penalty of wgan-gp" if objective.penalty == "gp" else "R1" if self.r1_gamma else ""
+        if penalty and self.d_norm == "batch":
+            raise GenlabError(f"{prefix}d_norm=batch with {penalty}: a gradient penalty is taken per image, and batch "
+                              "norm makes each output depend on the whole batch (Gulrajani et al. 2017, section 4); "
+                              f"use {prefix}d_norm=layer, instance or none")
+        if not objective.targets:
+            tricks = [k for k, off in (("real_label", 1.0), ("label_flip_every", 0), ("label_noise", 0.0))
+                      if getattr(self, k) != off]
+            if tricks:
+                raise GenlabError(f"{prefix}{tricks[0]}: loss {self.loss} has no real/fake targets to smooth, flip or "
+                                  "perturb (only nonsaturating and lsgan do)")
 
 
 @METHODS.register("gan", aliases=("dcgan",))
 class GANMethod(Method):
     name = "gan"
     config_class = GANConfig
+    has_validation_step = True  # D's and G's losses on held-out reals and fresh fakes (no early stopping on them)
     ema_targets = ("generator",)
 
     def __init__(self, cfg: GANConfig, image_shape: tuple[int, int, int], device: torch.device):
@@ -70,6 +109,8 @@ class GANMethod(Method):
                             if c.lr_gamma != 1.0}
         self.objective = GAN_LOSSES.get(cfg.loss)
         self.policy = parse_policy(cfg.diffaugment)
+        # What D's outputs are called in the logs: probabilities only where they are (Goodfellow's BCE).
+        self.score_names = ("d_real", "d_fake") if self.objective.probabilities else ("score_real", "score_fake")
 
     def networks(self):
         return {"generator": self.generator, "discriminator": self.discriminator}
@@ -84,40 +125,109 @@ class GANMethod(Method):
         return (self.cfg.latent_dim,)
 
     def discriminate(self, images: torch.Tensor, discriminator=None) -> torch.Tensor:
-        """D's logits, after DiffAugment when configured: the same random augmentation family for real
+        """D's outputs, after DiffAugment when configured: the same random augmentation family for real
         and generated images (Zhao et al. 2020, eq. 4-5), differentiable so G learns through it."""
         d = self.discriminator if discriminator is None else discriminator
         return d(diff_augment(images, self.policy) if self.policy else images)
 
+    def instance_noise_std(self, step: int) -> float:
+        """sigma_t = sigma_0 (1 - t / T), clipped at 0; constant when T = 0 (Sønderby et al. 2017, section 3.2:
+        noise on D's inputs makes the real and fake distributions overlap early in training)."""
+        cfg = self.cfg
+        if not cfg.instance_noise:
+            return 0.0
+        if not cfg.instance_noise_steps:
+            return cfg.instance_noise
+        return cfg.instance_noise * max(0.0, 1.0 - step / cfg.instance_noise_steps)
+
+    def label_flipped(self, step: int) -> bool:
+        """On every N-th step D is trained with real and fake targets swapped (seed 002's label flipping)."""
+        return bool(self.cfg.label_flip_every) and (step + 1) % self.cfg.label_flip_every == 0
+
+    def targets(self, step: int, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """D's targets for real and fake images: 1 (or real_label) and 0, swapped on flip steps, each
+        with Gaussian noise when label_noise is set."""
+        real = torch.full((n,), self.cfg.real_label, device=device)
+        fake = torch.zeros(n, device=device)
+        if self.cfg.label_noise:
+            real = real + self.cfg.label_noise * torch.randn(n, device=device)
+            fake = fake + self.cfg.label_noise * torch.randn(n, device=device)
+        return (fake, real) if self.label_flipped(step) else (real, fake)
+
     def train_step(self, x, step):
-        z = torch.randn(x.shape[0], self.cfg.latent_dim, device=x.device)
+        cfg, n = self.cfg, x.shape[0]
+        g_step = (step + 1) % cfg.n_critic == 0  # D steps on every batch, G on every n_critic-th
         single = self.stepper.accumulate == 1
-        # One generator pass serves both steps, as in Radford et al.'s loop. With accumulation, the
-        # pass for D's step is made without a graph and G's step recomputes its fakes micro-batch by
-        # micro-batch, so no graph for the whole batch is held (G's BatchNorm then sees each batch twice).
-        with torch.set_grad_enabled(single):
+        # Everything random in the step is drawn here, for the whole batch, so it does not depend on
+        # how the batch is cut into micro-batches (`index` picks each micro-batch's share).
+        z = torch.randn(n, cfg.latent_dim, device=x.device)
+        real_target, fake_target = self.targets(step, n, x.device)
+        sigma = self.instance_noise_std(step)
+        noise_real = torch.randn_like(x) if sigma else None
+        noise_fake = torch.randn_like(x) if sigma else None
+        mix = torch.rand(n, 1, 1, 1, device=x.device) if self.objective.penalty == "gp" else None
+        r1_due = cfg.r1_gamma > 0 and step % cfg.r1_every == 0
+        index = torch.arange(n, device=x.device)
+        # One generator pass serves both steps, as in Radford et al.'s loop, with a graph only when G
+        # steps now. With accumulation, G's step recomputes its fakes micro-batch by micro-batch, so
+        # no graph for the whole batch is held (G's BatchNorm then sees each batch twice).
+        with torch.set_grad_enabled(single and g_step):
             fake = self.generator(z)
 
-        # 1. Discriminator: real batch and (detached) fake batch.
-        def d_objective(real, fake):
-            real_logits, fake_logits = self.discriminate(real), self.discriminate(fake)
-            return {"loss": self.objective.d_loss(real_logits, fake_logits, self.cfg.real_label).mean(),
-                    "d_real": torch.sigmoid(real_logits.detach().float()).mean(),  # D's mean belief that reals are real
-                    "d_fake": torch.sigmoid(fake_logits.detach().float()).mean()}
+        # 1. Discriminator (critic): real batch and detached fake batch, plus its penalties.
+        def d_objective(real, fake, i):
+            if sigma:
+                real, fake = real + sigma * noise_real[i], fake + sigma * noise_fake[i]
+            if r1_due:
+                real = real.detach().requires_grad_(True)
+            real_out, fake_out = self.discriminate(real), self.discriminate(fake)
+            adversarial = self.objective.d_loss(real_out, fake_out, real_target[i], fake_target[i]).mean()
+            out = {"loss": adversarial, "adversarial": adversarial}
+            if mix is not None:  # WGAN-GP: the critic's gradient norm pulled to 1 on random interpolates
+                between = (mix[i] * real.detach() + (1 - mix[i]) * fake).requires_grad_(True)
+                (grad,) = self.stepper.gradients(self.discriminate(between), between)
+                out["gp"] = gradient_penalty(grad).mean()
+                out["loss"] = out["loss"] + cfg.gp_weight * out["gp"]
+            if r1_due:  # R1: the gradient on reals pulled to 0; lazy every k steps, so weighted by k
+                (grad,) = self.stepper.gradients(real_out, real)
+                out["r1"] = r1_penalty(grad).mean()
+                out["loss"] = out["loss"] + 0.5 * cfg.r1_gamma * cfg.r1_every * out["r1"]
+            real_score, fake_score = real_out.detach().float(), fake_out.detach().float()
+            if self.objective.probabilities:  # D's mean belief that reals (fakes) are real
+                real_score, fake_score = torch.sigmoid(real_score), torch.sigmoid(fake_score)
+            out[self.score_names[0]], out[self.score_names[1]] = real_score.mean(), fake_score.mean()
+            return out
 
-        d = self.stepper.minimize(self.opt_d, d_objective, x, fake.detach(), clip=self.cfg.d_optim.grad_clip)
+        d = self.stepper.minimize(self.opt_d, d_objective, x, fake.detach(), index,
+                                  clip=cfg.d_optim.grad_clip, agc=cfg.d_optim.agc)
+        stats = {"loss_d": d.pop("adversarial"), **{k: v for k, v in d.items() if k != "loss"}}
+        if not g_step:
+            return stats
 
         # 2. Generator: through the just-updated discriminator, whose weights are frozen for this pass
         # and used without its DDP wrapper: its gradients are neither computed nor all-reduced.
         plain_d = unwrap(self.discriminator)
 
-        def g_objective(inputs):
+        def g_objective(inputs, i):
             images = inputs if single else self.generator(inputs)
+            if sigma:
+                images = images + sigma * noise_fake[i]
             with frozen(plain_d):
                 return self.objective.g_loss(self.discriminate(images, plain_d)).mean()
 
-        g = self.stepper.minimize(self.opt_g, g_objective, fake if single else z, clip=self.cfg.g_optim.grad_clip)
-        return {"loss_d": d["loss"], "loss_g": g["loss"], "d_real": d["d_real"], "d_fake": d["d_fake"]}
+        g = self.stepper.minimize(self.opt_g, g_objective, fake if single else z, index,
+                                  clip=cfg.g_optim.grad_clip, agc=cfg.g_optim.agc)
+        stats["loss_g"] = g["loss"]
+        return stats
+
+    @torch.no_grad()
+    def validation_step(self, x, generator):
+        """D's and G's losses on held-out real images and fresh fakes (no label tricks, no penalties),
+        so a GAN run has validation curves; D overfitting shows as its validation loss rising."""
+        z = torch.randn(x.shape[0], self.cfg.latent_dim, generator=generator).to(x.device)
+        real_out, fake_out = self.discriminator(x), self.discriminator(self.generator(z))
+        return {"loss_d": self.objective.d_loss(real_out, fake_out, 1.0, 0.0).mean(),
+                "loss_g": self.objective.g_loss(fake_out).mean()}
 
     def generate(self, z):
         return self.generator(z).float()

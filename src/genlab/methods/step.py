@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from genlab.config import OptimConfig
+from genlab.config import ADAM_BETAS, OptimConfig
 
 
 def fused_optimizers(device: torch.device) -> bool:
@@ -31,17 +31,34 @@ def make_optimizer(cfg: OptimConfig, params, device: torch.device) -> torch.opti
     """Adam, AdamW or RMSprop from ``cfg``; Adam(W) on CUDA as the fused kernel (one launch for all
     parameters), elsewhere foreach."""
     params = list(params)
-    if cfg.name == "rmsprop":  # alpha is RMSprop's smoothing constant, the role Adam's beta2 plays
-        return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.betas[1], eps=cfg.eps, weight_decay=cfg.weight_decay,
+    if cfg.name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps, weight_decay=cfg.weight_decay,
                                    foreach=True)
     cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
     fast = {"fused": True} if fused_optimizers(device) else {"foreach": True}
-    return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay, **fast)
+    betas = tuple(cfg.betas) if cfg.betas is not None else ADAM_BETAS
+    return cls(params, lr=cfg.lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay, **fast)
 
 
 def make_scheduler(cfg: OptimConfig, optimizer: torch.optim.Optimizer):
     """The learning rate times ``cfg.lr_gamma`` after every epoch (the loop steps it)."""
     return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_gamma)
+
+
+@torch.no_grad()
+def adaptive_clip_(params, factor: float, eps: float = 1e-3) -> None:
+    """Adaptive gradient clipping (Brock et al. 2021, "High-performance large-scale image recognition
+    without normalization", eq. 3), in place: each unit's gradient (a row of the weight: an output
+    channel of a convolution, a neuron of a linear layer) is scaled down to at most ``factor`` times
+    the norm of that unit's weights (floored at ``eps``, so units starting at zero can move)."""
+    for p in params:
+        if p.grad is None:
+            continue
+        dims = tuple(range(1, p.ndim)) or None
+        norm = torch.linalg.vector_norm
+        weight_norm = (norm(p, dim=dims, keepdim=True) if dims else p.abs()).clamp(min=eps)
+        grad_norm = norm(p.grad, dim=dims, keepdim=True) if dims else p.grad.abs()
+        p.grad.mul_((factor * weight_norm / grad_norm.clamp(min=1e-6)).clamp(max=1.0))
 
 
 @contextlib.contextmanager
@@ -88,7 +105,7 @@ class Stepper:
         return list(zip(*chunks))
 
     def minimize(self, optimizer: torch.optim.Optimizer, objective: Callable, *tensors: torch.Tensor,
-                 clip: float = 0.0) -> dict[str, torch.Tensor]:
+                 clip: float = 0.0, agc: float = 0.0) -> dict[str, torch.Tensor]:
         """One step of ``optimizer`` on ``objective(*micro_batch)``, a scalar loss or a dict of scalars
         holding ``loss``. With accumulation the objective runs once per micro-batch, each loss weighted
         by its share of the batch, so the gradient is that of the whole batch's mean loss (up to
@@ -109,11 +126,14 @@ class Stepper:
             for key, value in values.items():
                 value = value.detach() * share
                 stats[key] = stats[key] + value if key in stats else value
-        if clip > 0:
+        if clip > 0 or agc > 0:
             if self.scaler is not None:
                 self.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+            if agc > 0:
+                adaptive_clip_(params, agc)
+            if clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
         if self.scaler is not None:
             self.scaler.step(optimizer)  # skipped when the unscaled gradients hold inf or NaN
         else:

@@ -122,7 +122,7 @@ class VAEMethod(Method):
         noise = torch.randn(x.shape[0], self.cfg.latent_dim, device=x.device)  # for the whole batch, before any split
         beta = self.kl_beta(step)
         stats = self.stepper.minimize(self.opt, lambda x, noise: self._losses(x, noise, beta), x, noise,
-                                      clip=self.cfg.optim.grad_clip)
+                                      clip=self.cfg.optim.grad_clip, agc=self.cfg.optim.agc)
         if self.cfg.kl_cycle_steps:
             stats["kl_beta"] = torch.tensor(beta)
         return stats

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn as nn
 
 
@@ -28,23 +29,84 @@ def channel_ladder(steps: int, base: int, cap: int = 512) -> list[int]:
     return [min(base * 2**i, cap) for i in range(steps)]
 
 
-def down_block(c_in: int, c_out: int, act: str, norm: bool = True, dropout: float = 0.0) -> nn.Sequential:
-    """4x4 stride-2 convolution (halves the side) + optional BatchNorm + activation + optional dropout."""
-    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=not norm)]
-    if norm:
-        layers.append(nn.BatchNorm2d(c_out))
+def _norm_kind(norm: bool | str) -> str:
+    return {True: "batch", False: "none"}.get(norm, norm) if isinstance(norm, bool) else norm
+
+
+def down_block(c_in: int, c_out: int, act: str, norm: bool | str = True, dropout: float = 0.0) -> nn.Sequential:
+    """4x4 stride-2 convolution (halves the side) + normalisation (True = batch; or a NORMS name) +
+    activation + optional dropout. Without normalisation the convolution has a bias."""
+    kind = _norm_kind(norm)
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=kind == "none")]
+    if kind != "none":
+        layers.append(norm_layer(kind, c_out))
     layers.append(activation(act))
     if dropout > 0:
         layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
 
 
-def up_block(c_in: int, c_out: int, act: str, norm: bool = True, dropout: float = 0.0) -> nn.Sequential:
-    """4x4 stride-2 transposed convolution (doubles the side) + BatchNorm + activation + optional dropout."""
-    layers: list[nn.Module] = [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=not norm)]
-    if norm:
-        layers.append(nn.BatchNorm2d(c_out))
+def up_block(c_in: int, c_out: int, act: str, norm: bool | str = True, dropout: float = 0.0) -> nn.Sequential:
+    """4x4 stride-2 transposed convolution (doubles the side) + normalisation + activation + optional dropout."""
+    kind = _norm_kind(norm)
+    layers: list[nn.Module] = [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=kind == "none")]
+    if kind != "none":
+        layers.append(norm_layer(kind, c_out))
     layers.append(activation(act))
     if dropout > 0:
         layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
+
+
+NORMS = ("batch", "instance", "layer", "none")
+
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """batch (Ioffe & Szegedy 2015), instance (Ulyanov et al. 2016, with a learned scale and shift) or
+    layer normalisation over channels and pixels (Ba et al. 2016; GroupNorm with one group), or none."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    if kind == "layer":
+        return nn.GroupNorm(1, channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown normalisation {kind!r}")
+
+
+class SelfAttention(nn.Module):
+    """Self-attention over the pixels of a feature map (Zhang et al. 2019, SAGAN, section 3):
+    queries and keys of C/8 channels, values of C channels, attention softmax(Q^T K) over all
+    positions, and y = gamma * o + x with gamma starting at 0, so the block begins as the identity
+    and the network learns how much non-local evidence to use."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        inner = max(1, channels // 8)
+        self.query = nn.Conv2d(channels, inner, 1, bias=False)
+        self.key = nn.Conv2d(channels, inner, 1, bias=False)
+        self.value = nn.Conv2d(channels, channels, 1, bias=False)
+        self.gamma = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        q = self.query(x).flatten(2).transpose(1, 2)  # (N, HW, C/8)
+        k = self.key(x).flatten(2)  # (N, C/8, HW)
+        attention = torch.softmax(torch.bmm(q, k), dim=-1)  # (N, HW, HW): each pixel's weights over all pixels
+        v = self.value(x).flatten(2)  # (N, C, HW)
+        out = torch.bmm(v, attention.transpose(1, 2)).view(n, c, h, w)
+        return x + self.gamma * out
+
+
+def spectral_norm_all(module: nn.Module) -> nn.Module:
+    """Spectral normalisation (Miyato et al. 2018) of every convolution and linear layer: each weight
+    is divided by its largest singular value, estimated by one power iteration per forward pass, so
+    every layer is 1-Lipschitz. (torch's parametrization: the dimension of output channels is found
+    for transposed convolutions too.)"""
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    for m in list(module.modules()):
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            spectral_norm(m)
+    return module

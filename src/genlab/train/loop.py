@@ -279,7 +279,7 @@ class Trainer:
         """Validation, early stopping, grids and checkpoints (rank 0); True when training should stop."""
         p, cfg = self.progress, self.cfg.train
         record: dict = {"kind": "epoch", "step": p.step, "epoch": p.epoch}
-        if self.method.has_validation_loss and self.data.val is not None:
+        if (self.method.has_validation_loss or self.method.has_validation_step) and self.data.val is not None:
             record.update({f"val_{k}": v for k, v in self._validate().items()})
         record.update(evaluated)
         if results:  # the evaluation history: every result with its protocol, so checkpoints compare later
