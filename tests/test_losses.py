@@ -44,7 +44,10 @@ def test_logistic_gan_losses_match_bce():
     assert_close(d_logistic_loss(real, fake), ref_d)
     smooth = F.binary_cross_entropy_with_logits(real, ones * 0.9, reduction="none") + \
         F.binary_cross_entropy_with_logits(fake, zeros, reduction="none")
-    assert_close(d_logistic_loss(real, fake, real_label=0.9), smooth)
+    assert_close(d_logistic_loss(real, fake, real_target=0.9), smooth)
+    flipped = F.binary_cross_entropy_with_logits(real, zeros, reduction="none") + \
+        F.binary_cross_entropy_with_logits(fake, ones, reduction="none")
+    assert_close(d_logistic_loss(real, fake, zeros, ones), flipped)  # label flipping: targets swapped
     assert_close(g_nonsaturating_loss(fake), -torch.log(torch.sigmoid(fake)))
 
 
