@@ -240,4 +240,8 @@ def test_rmsprop_uses_its_own_constant():
     cfg = load_config("tiny-dcgan", ["model.d_optim.name=rmsprop", "model.d_optim.betas=null", "model.d_optim.alpha=0.9"])
     m = METHODS.get(cfg.method)(cfg.model, (1, 16, 16), CPU)
     assert isinstance(m.opt_d, torch.optim.RMSprop) and m.opt_d.param_groups[0]["alpha"] == 0.9
-    assert isinstance(OptimConfig(), OptimConfig) and m.opt_g.param_groups[0]["betas"] == (0.5, 0.999)
+    assert m.opt_g.param_groups[0]["betas"] == (0.5, 0.999)  # G keeps the GAN's Adam
+    from genlab.methods.step import make_optimizer
+
+    plain = make_optimizer(OptimConfig(), [torch.nn.Parameter(torch.zeros(2))], CPU)
+    assert plain.param_groups[0]["betas"] == (0.9, 0.999)  # betas null: Adam's own defaults
