@@ -35,11 +35,16 @@ examples:
   genlab train dcgan-digits train.epochs=5 model.latent_dim=64 train.ema_decay=0.999
   genlab train vae-ck-seed001 data.root=../shared/data/ckplus48 --dry-run
   genlab train --resume runs/00000-quickstart-digits train.epochs=60
+  genlab train ddpm-cifar10 --run-dir /scratch/$SLURM_JOB_NAME data.root=../shared/data/cifar10-jpeg
+  genlab train ldm-celeba64 data.root=../shared/data/celeba init.from_run=runs/00002-vae-celeba64-seed002-celeba
 
 Overrides are dotted key=value pairs read as YAML (3, 0.5, true, null, [64, 128]).
-On --resume only how long a run goes on, how it reports and how fast it runs may change
-(train.epochs, train.max_steps, train.patience, train.log_every, train.checkpoint_every,
-train.grid_every, train.num_samples, train.compile, train.compile_mode, train.channels_last).
+On --resume only how long a run goes on, how it reports, how fast it runs and what it does on
+divergence may change (train.epochs, train.max_steps, train.max_minutes, train.patience,
+train.on_divergence, train.rollback_lr_factor, train.max_rollbacks, train.log_every,
+train.checkpoint_every, train.grid_every, train.num_samples, train.compile, train.compile_mode,
+train.channels_last).
+SIGTERM and Ctrl-C finish the step, save and exit with 143 and 130; --resume continues.
 """
 
 SAMPLE_EXAMPLES = """\
@@ -80,6 +85,7 @@ examples:
   genlab eval runs/00003-dcgan-celeba64-celeba --metrics fid,kid,is,pr --inception-weights weights-inception-2015-12-05-6726825d.pth
   genlab eval --real celeba --root ../shared/data/celeba --fake samples.npz --metrics swd,msssim
   genlab eval runs/00000-quickstart-digits --metrics swd --n 1000 --json > result.json
+  genlab eval runs/00004-ddpm-cifar10-cifar10 --metrics swd,bpd sampler.steps=100 --bound-timesteps 100
 
 Results are added to the run's metrics.json (the latest per metric) and appended to its
 stats.jsonl (every evaluation), each with its protocol. --json prints only JSON on stdout.
@@ -125,6 +131,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue this run from its last checkpoint")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where new run directories go (default: runs)")
+    p.add_argument("--run-dir", type=Path, metavar="DIR",
+                   help="a named run: start it in DIR, or resume DIR when it holds this config's run (re-queued jobs)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar; only the log")
     p.add_argument("--gpus", type=int, default=1, help="train on N GPUs of this machine with DDP (launches torchrun)")
@@ -166,7 +174,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                        description="Evaluate a trained run, or any images against a data set, under one protocol.",
                        epilog=EVAL_EXAMPLES, formatter_class=fmt)
     p.add_argument("run", type=Path, nargs="?", metavar="RUN_DIR", help="run directory or checkpoint file")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="data keys for --real (size=64 ...)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="data keys for --real (size=64 ...); sampler.* keys for a run (sampler.steps=100)")
     p.add_argument("--metrics", default=None,
                    help=f"comma-separated (default: all the run's family can give, except ppl): {_metrics_help()}")
     p.add_argument("--n", type=int, default=defaults.n, help=f"generated images (default: {defaults.n}, the FID protocol)")
@@ -182,6 +191,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--inception-weights", metavar="FILE", help="a local copy of the Inception weights")
     p.add_argument("--iw-samples", type=int, default=None,
                    help="k of a VAE's importance-weighted bound for bpd (default: the run's model.iw_samples)")
+    p.add_argument("--bound-timesteps", type=int, default=None,
+                   help="terms of a DDPM's bound for bpd: 0 = all T, k = a stratified estimate (default: the run's)")
     p.add_argument("--seed", type=int, default=defaults.seed, help=f"first sample seed (default {defaults.seed})")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--json", action="store_true", help="print only JSON on stdout")
@@ -324,11 +335,21 @@ def cmd_train(args) -> int:
     if preset is None:
         raise GenlabError("name a preset (see `genlab presets`) or --resume RUN_DIR")
     cfg = load_config(preset, overrides)
+    if args.run_dir is not None:
+        from genlab.train.loop import named_run_plan
+
+        action, changed = named_run_plan(cfg, args.run_dir)
+        if action == "resume":
+            if args.dry_run:
+                print(config_to_yaml(resumed_config(args.run_dir, changed)), end="")
+                return 0
+            device, info = _train_device(args)
+            return exit_code(resume_training(args.run_dir, changed, device, quiet=args.quiet, info=info))
     if args.dry_run:
         print(config_to_yaml(cfg), end="")
         return 0
     device, info = _train_device(args)
-    return exit_code(start_training(cfg, args.runs_dir, device, quiet=args.quiet, info=info))
+    return exit_code(start_training(cfg, args.runs_dir, device, quiet=args.quiet, info=info, run_dir=args.run_dir))
 
 
 def cmd_sample(args) -> int:
@@ -459,9 +480,21 @@ def cmd_eval(args) -> int:
 
         if args.run is None:
             raise GenlabError("give a RUN_DIR, or --real SOURCE --fake DIR_OR_NPZ")
-        if args.overrides:
-            raise GenlabError(f"unexpected {' '.join(args.overrides)}: data keys only go with --real")
+        wrong = [o for o in args.overrides if not o.startswith("sampler.")]
+        if wrong:
+            raise GenlabError(f"unexpected {' '.join(wrong)}: with a RUN_DIR only sampler.* keys may be given "
+                              "(data keys go with --real)")
         path, method, cfg, payload = _load_model(args, device)
+        if args.overrides:
+            from genlab.resolve import with_sampler_overrides
+
+            method.sampling = with_sampler_overrides(cfg, args.overrides).sampler
+        if args.bound_timesteps is not None:
+            if not hasattr(cfg.model, "bound_timesteps"):
+                raise GenlabError(f"--bound-timesteps: method {cfg.method!r} has no diffusion bound (model.bound_timesteps)")
+            if not 0 <= args.bound_timesteps <= cfg.model.timesteps:
+                raise GenlabError(f"--bound-timesteps must be in 0..{cfg.model.timesteps} (0 = all), got {args.bound_timesteps}")
+            method.cfg.bound_timesteps = args.bound_timesteps
         if args.iw_samples is not None:
             if not hasattr(cfg.model, "iw_samples"):
                 raise GenlabError(f"--iw-samples: method {cfg.method!r} has no importance-weighted bound (model.iw_samples)")
@@ -491,9 +524,10 @@ def cmd_presets(args) -> int:
 
     names = preset_names()
     width = max(map(len, names))
-    for name in names:
-        raw = load_preset(name)
-        print(f"{name:<{width}}  {raw.get('method', '?'):<6} {raw.get('description', '')}")
+    raws = {name: load_preset(name) for name in names}
+    method_width = max(len(str(raw.get("method", "?"))) for raw in raws.values())
+    for name, raw in raws.items():
+        print(f"{name:<{width}}  {raw.get('method', '?'):<{method_width}}  {raw.get('description', '')}")
     return 0
 
 

@@ -84,6 +84,8 @@ class TrainConfig:
     accumulate: int = 1  # micro-batches each step's batch is cut into (gradient accumulation: less memory, same batch)
     epochs: int = 10  # passes over the training split
     max_steps: int | None = None  # stop after this many optimisation steps in total (null = no limit)
+    max_minutes: float | None = None  # stop once training (not validation or evaluation) has run this long, over
+    #                                    all sessions of the run (null = no limit): equal-time comparisons, job limits
     patience: int | None = None  # checks without a better monitored value before stopping (null = never)
     monitor: str = "val_loss"  # what early stopping and best.pt follow: val_loss, or an eval metric (fid, swd, ...)
     seed: int = 0  # seed of initialisation, data order and training noise
@@ -94,6 +96,10 @@ class TrainConfig:
     ema_decay: float = 0.0  # exponential moving average of the family's ema_targets, used to sample; 0 = off
     ema_warmup: bool = True  # decay min(ema_decay, (1 + t) / (10 + t)) at update t, so early weights fade fast
     log_every: int = 20  # steps between reading losses back from the device (stats.jsonl, progress)
+    on_divergence: str = "rollback"  # a non-finite loss or gradient norm: rollback (reload the last checkpoint with
+    #                                  lower learning rates and go on) | stop (exit 1, keeping the last good checkpoint)
+    rollback_lr_factor: float = 0.5  # every learning rate is multiplied by this at each rollback
+    max_rollbacks: int = 3  # rollbacks before the run stops (exit 1)
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = only at the end of each epoch
     grid_every: int = 1  # epochs between sample (and reconstruction) grids; 0 = only when training ends
     num_samples: int = 64  # images in the sample grids
@@ -137,6 +143,15 @@ OPTIMIZERS = ("adam", "adamw", "rmsprop")
 
 
 @dataclass
+class InitConfig:
+    """Start a run's networks from another run's (only when it starts; a resume has its own weights)."""
+
+    from_run: str | None = None  # a run directory (its best, else last, inference snapshot: EMA weights if any)
+    networks: list[str] = field(default_factory=list)  # "own=other" network pairs; [] = the family's default
+    #   (latent-ddpm: its frozen first stage from a VAE's encoder and decoder), else every shared name
+
+
+@dataclass
 class Config:
     name: str = "custom"  # preset name; part of the run directory's name
     description: str = ""  # one line shown by `genlab presets`
@@ -144,6 +159,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    init: InitConfig = field(default_factory=InitConfig)
     model: Any = None  # the method's own dataclass (VAEConfig, GANConfig, ...)
     sampler: Any = None  # the sampler's own dataclass, with its name (what grids and evaluation sample with)
 
@@ -249,6 +265,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except GenlabError as e:
                 errors.append(e)
         raise GenlabError(f"config key {key!r} expects {_type_name(tp)}, got {value!r}")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise GenlabError(f"config key {key!r} expects a mapping, got {value!r}")
+        return dict(value)
     if origin is list:
         (item,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):

@@ -78,8 +78,49 @@ def resolve_config(raw: dict[str, Any]) -> Config:
     cfg.model = build_dataclass(method_cls.config_class, model_raw, "model.", all_keys)
     cfg.sampler = build_dataclass(sampler_cls, {**sampler_raw, "name": sampler_name}, "sampler.", all_keys)
     validate_config(cfg)
+    resolve_init(cfg, method_cls)
     check_abilities(cfg, method_cls)
+    method_cls.check_config(cfg)
     return cfg
+
+
+def init_mapping(networks: list[str]) -> dict[str, str]:
+    """init.networks ["generator=decoder", "critic"] -> {"generator": "decoder", "critic": "critic"}."""
+    mapping = {}
+    for entry in networks:
+        own, _, other = entry.partition("=")
+        if not own.strip() or (_ and not other.strip()):
+            raise GenlabError(f"init.networks entry {entry!r} must be NAME or OWN=OTHER (network names)")
+        mapping[own.strip()] = other.strip() or own.strip()
+    return mapping
+
+
+def load_run_config(run_dir: str) -> Config:
+    """The resolved config a run directory records (its config.yaml)."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(run_dir).expanduser() / "config.yaml"
+    if not path.is_file():
+        raise GenlabError(f"init.from_run={run_dir}: not a genlab run directory (no {path})")
+    try:
+        raw = yaml.safe_load(path.read_text())
+        return resolve_config(raw)
+    except (OSError, yaml.YAMLError, GenlabError) as e:
+        raise GenlabError(f"init.from_run={run_dir}: its config.yaml cannot be used: {str(e).splitlines()[0]}") from e
+
+
+def resolve_init(cfg: Config, method_cls) -> None:
+    """Check init.* and let the family copy what it needs from the named run's config (a latent
+    family's first stage), reading that run only when the family's section does not hold it yet:
+    a resumed run does not need its base run any more."""
+    init_mapping(cfg.init.networks)
+    if cfg.init.from_run is None:
+        if cfg.init.networks:
+            raise GenlabError("init.networks names networks to copy, but init.from_run names no run to copy them from")
+        return
+    method_cls.configure_from_base(cfg.model, lambda: load_run_config(cfg.init.from_run))
 
 
 def load_config(preset: str, overrides: list[str] | None = None) -> Config:
@@ -113,7 +154,7 @@ def validate_config(cfg: Config) -> None:
         raise GenlabError("data.augment.blur_p must be in [0, 1] and data.augment.color_jitter below 1")
     for key in ("batch_size", "accumulate", "epochs", "log_every", "num_samples"):
         check_positive(f"train.{key}", getattr(cfg.train, key))
-    for key in ("max_steps", "patience"):
+    for key in ("max_steps", "patience", "max_minutes"):
         check_positive(f"train.{key}", getattr(cfg.train, key))
     for key in ("checkpoint_every", "grid_every"):
         check_positive(f"train.{key}", getattr(cfg.train, key), allow_zero=True)
@@ -122,6 +163,10 @@ def validate_config(cfg: Config) -> None:
     if cfg.train.accumulate > cfg.train.batch_size:
         raise GenlabError(f"train.accumulate={cfg.train.accumulate} cuts a batch of {cfg.train.batch_size} into "
                           "more micro-batches than it has images")
+    check_choice("train.on_divergence", cfg.train.on_divergence, ("rollback", "stop"))
+    if not 0 < cfg.train.rollback_lr_factor < 1:
+        raise GenlabError(f"config key 'train.rollback_lr_factor' must be in (0, 1), got {cfg.train.rollback_lr_factor}")
+    check_positive("train.max_rollbacks", cfg.train.max_rollbacks, allow_zero=True)
     check_positive("eval.every", cfg.eval.every, allow_zero=True)
     check_positive("eval.n", cfg.eval.n)
     cfg.eval.metrics = parse_metrics(cfg.eval.metrics)

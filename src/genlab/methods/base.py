@@ -42,6 +42,20 @@ class Method:
     latent_kind: ClassVar[str] = "flat"  # what generate(z) takes: flat (N, D) | image (N, C, H, W) | none
     samplers: ClassVar[tuple[str, ...]] = ("latent",)  # samplers it supports; the first is its default
     ema_targets: ClassVar[tuple[str, ...]] = ()  # networks (names in networks()) averaged when train.ema_decay > 0
+    # init.from_run: which of its networks start from which network of the other run ({own: other});
+    # empty = every network whose name both families share
+    init_networks: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        """Family-specific checks of a whole resolved config (the image size its architecture can
+        take, sampler settings against the model's), run before anything is trained or written."""
+
+    @classmethod
+    def configure_from_base(cls, model_cfg: Any, base_config) -> None:
+        """Fill the family's ``model`` section from the config of the ``init.from_run`` run (a latent
+        family records its first stage). ``base_config()`` reads and resolves that run's config:
+        call it only when the section lacks what it needs, so a resumed run needs no base run."""
 
     def __init__(self, cfg: Any, image_shape: tuple[int, int, int], device: torch.device):
         self.cfg = cfg
@@ -94,6 +108,34 @@ class Method:
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] -> reconstructions in [-1, 1] (has_encoder)."""
         raise GenlabError(f"method {self.name!r} has no encoder, so it cannot reconstruct")
+
+    def prepare(self, train_images: torch.Tensor) -> None:
+        """Called once when a run starts (not on resume), on every process with the same uint8
+        training images: data-dependent initialisation (a flow's activation normalisation, a latent
+        scale). The default does nothing."""
+
+    def initialise_from(self, other: "Method", mapping: dict[str, str], source: str) -> list[str]:
+        """Copy networks of ``other`` (a trained run's model) into this one, ``mapping`` = {own: other's}
+        (empty: the family's ``init_networks``, else every shared name). Returns what was copied; a
+        network that does not fit is a GenlabError naming both."""
+        own, theirs = self.networks(), other.networks()
+        mapping = mapping or dict(self.init_networks) or {k: k for k in own if k in theirs}
+        if not mapping:
+            raise GenlabError(f"init.from_run={source}: method {other.name!r} has networks {sorted(theirs)}, none of "
+                              f"which method {self.name!r} has ({sorted(own)}); name them with init.networks=[own=other]")
+        copied = []
+        for mine, their in mapping.items():
+            if mine not in own or their not in theirs:
+                missing = f"{mine!r} is not a network of {self.name!r} ({sorted(own)})" if mine not in own else \
+                    f"{their!r} is not a network of its {other.name!r} model ({sorted(theirs)})"
+                raise GenlabError(f"init.from_run={source}: {missing}")
+            try:
+                unwrap(own[mine]).load_state_dict(unwrap(theirs[their]).state_dict(), strict=True)
+            except RuntimeError as e:
+                first = str(e).strip().splitlines()[0]
+                raise GenlabError(f"init.from_run={source}: its {their!r} does not fit this {mine!r}: {first}") from e
+            copied.append(f"{mine} <- {their}")
+        return copied
 
     def extra_state(self) -> dict[str, Any]:
         """Any further training state a family keeps (counters, running statistics), checkpointed."""

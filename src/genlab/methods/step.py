@@ -84,6 +84,9 @@ class Stepper:
 
     def __init__(self, networks: Callable[[], dict[str, nn.Module]] = dict):
         self.networks = networks  # the family's networks (DDP wrappers included), for no_sync
+        # True once a clipped gradient norm was non-finite: a device flag the loop reads (and clears)
+        # where it reads the losses, so the check costs no sync per step
+        self.nonfinite: torch.Tensor | bool = False
         self.scaler: torch.amp.GradScaler | None = None
         self.accumulate = 1
 
@@ -133,7 +136,9 @@ class Stepper:
             if agc > 0:
                 adaptive_clip_(params, agc)
             if clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+                norm = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+                if self.scaler is None:  # (under the fp16 scaler an inf gradient is expected: the step is skipped)
+                    self.nonfinite = self.nonfinite | ~torch.isfinite(norm)
         if self.scaler is not None:
             self.scaler.step(optimizer)  # skipped when the unscaled gradients hold inf or NaN
         else:

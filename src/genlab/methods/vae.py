@@ -99,6 +99,10 @@ class VAEMethod(Method):
         limit = self.cfg.logvar_limit
         return mean, (limit * torch.tanh(logvar / limit) if limit > 0 else logvar)
 
+    def encode_latent(self, x: torch.Tensor) -> torch.Tensor:
+        """The posterior mean: the VAE's deterministic code of x (what a latent family diffuses)."""
+        return self.encode(x)[0]
+
     def kl_beta(self, step: int) -> float:
         """Cyclical annealing (Fu et al. 2019, eq. 6 with a linear f): within each cycle of
         ``kl_cycle_steps`` steps, beta rises linearly from 0 to 1 over the first ``kl_cycle_ratio`` of

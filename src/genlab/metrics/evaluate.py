@@ -226,7 +226,9 @@ class Evaluator:
         recon = reconstruct_images(method, originals, self.device, self.s.batch_size)
         per_image = image.reconstruction_metrics(originals, recon)
         protocol = (f"{len(originals)} images of {data_protocol(self.cfg, self.data.name, split, len(originals))}; "
-                    "posterior-mean reconstruction quantised to uint8; [0,1] units")
+                    f"{(type(method).reconstruct.__doc__ or 'reconstruct').strip().splitlines()[0].rstrip('.')} "
+                    "(the family's reconstruct), "
+                    "quantised to uint8; [0,1] units")
         out = {}
         for name, values in per_image.items():
             detail = "SSIM 11x11 Gaussian window (torchmetrics)" if name == "ssim" else "PSNR data range 1" if name == "psnr" else "mean squared error"

@@ -15,7 +15,7 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,7 @@ from genlab.train.rundir import (
     pair_grid,
     require_run_dir,
     save_grid,
+    trim_stats,
     update_json,
 )
 from genlab.train.speed import apply_plan, begin_step, plan_speed
@@ -50,7 +51,8 @@ log = logging.getLogger("genlab")
 
 # Keys that may change when a run is resumed: how long it goes on, how it reports, how fast. Anything
 # else would make the resumed run a different experiment than the one its directory records.
-RESUMABLE_KEYS = ("train.epochs", "train.max_steps", "train.patience", "train.log_every", "train.checkpoint_every",
+RESUMABLE_KEYS = ("train.epochs", "train.max_steps", "train.max_minutes", "train.patience", "train.on_divergence",
+                  "train.rollback_lr_factor", "train.max_rollbacks", "train.log_every", "train.checkpoint_every",
                   "train.grid_every", "train.num_samples",
                   "train.compile", "train.compile_mode", "train.channels_last")  # speed only: the same computation
 RECONSTRUCTION_IMAGES = 16  # validation images shown beside their reconstructions each epoch
@@ -64,8 +66,61 @@ class Progress:
     best_score: float | None = None  # monitored value, negated for higher-is-better metrics: lower is better
     best_epoch: int | None = None
     epochs_without_improvement: int = 0
-    elapsed_s: float = 0.0  # training wall time over all sessions of this run
+    elapsed_s: float = 0.0  # training wall time over all sessions of this run (validation, grids, evaluation excluded)
     images_seen: int = 0
+    rollbacks: int = 0  # times the run went back to its last checkpoint after non-finite values
+    epoch_sums: dict = field(default_factory=dict)  # this epoch's logged values x steps so far (train_* means)
+    epoch_counts: dict = field(default_factory=dict)
+
+
+class _Diverged(Exception):
+    """A non-finite loss or gradient norm was found (where losses are read, or before a save)."""
+
+    def __init__(self, values: dict[str, float]):
+        super().__init__("non-finite values")
+        self.values = values
+
+
+class _StopSignals:
+    """SIGTERM (cluster preemption: SLURM, Kubernetes, spot instances) and SIGINT (Ctrl-C) during
+    training: the current step finishes, the run saves its position and stops, and the shell sees
+    143 or 130. A second Ctrl-C interrupts at once. Installed only in the main thread."""
+
+    def __init__(self):
+        import signal
+
+        self.name: str | None = None
+        self._previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (an embedding application): leave its handlers alone
+                pass
+
+    def _handle(self, signum, frame):
+        import signal
+
+        if self.name == "SIGINT" and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C
+        self.name = signal.Signals(signum).name
+        log.warning("%s received: finishing the current step, then saving", self.name)
+
+    def received(self, dist: DistInfo, every: int = 1, step: int = 0) -> bool:
+        """Whether to stop now; under DDP every rank decides alike, at log steps only (a collective)."""
+        if not dist.enabled:
+            return self.name is not None
+        if step % every:
+            return False
+        stop = any_rank(self.name is not None, dist)
+        if stop and self.name is None:  # another rank was signalled (torchrun forwards SIGTERM to every worker)
+            self.name = "SIGTERM"
+        return stop
+
+    def restore(self) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -160,6 +215,7 @@ class Trainer:
         self.steps_per_epoch = n // self.batch_size  # the incomplete last batch is dropped (BatchNorm)
         self.speed = plan_speed(cfg.train, device, dist.enabled)
         self._evaluator = None
+        self._rollbacks_since_save = 0
         self.ema = EMA(method, cfg.train.ema_decay, cfg.train.ema_warmup) if cfg.train.ema_decay > 0 else None
         if self.ema is not None and ema_state is not None:
             self.ema.load_state_dict(ema_state)
@@ -206,7 +262,29 @@ class Trainer:
         log.info("training images (%.1f GB) stay on the host: the GPU has %.1f GB free", nbytes / 1e9, free / 1e9)
         return images
 
+    def _rollback(self, last: Path) -> None:
+        """Back to the last checkpoint (weights, optimizers, EMA, position, RNG) with every learning
+        rate times train.rollback_lr_factor for each rollback since that checkpoint was written."""
+        barrier(self.dist)
+        payload = load_checkpoint(last)
+        self.method.load_state_dict(payload["state"], source=str(last))
+        if self.ema is not None and payload.get("ema"):
+            self.ema.load_state_dict(payload["ema"])
+        rollbacks = self.progress.rollbacks + 1
+        saved = Progress(**payload["progress"])
+        for f in dataclasses.fields(Progress):
+            setattr(self.progress, f.name, getattr(saved, f.name))
+        self.progress.rollbacks = rollbacks
+        self._rollbacks_since_save += 1
+        factor = self.cfg.train.rollback_lr_factor ** self._rollbacks_since_save
+        for optimizer in self.method.optimizers().values():
+            for group in optimizer.param_groups:
+                group["lr"] *= factor
+        set_rng_state(payload["rng"])
+        _seed_rank(self.cfg.train.seed + rollbacks, self.dist, self.progress.step)
+
     def _save(self, which: str) -> None:
+        self._rollbacks_since_save = 0  # the lower learning rates are now part of the saved state
         if not self.dist.is_main:
             return
         save_checkpoint(checkpoint_path(self.run_dir, which), self.cfg, self.data.image_shape,
@@ -295,7 +373,7 @@ class Trainer:
             else:
                 p.epochs_without_improvement += 1
         writer.write(record)
-        shown = " ".join(f"{k} {v:.4g}" for k, v in record.items() if k.startswith(("val_", "eval_")))
+        shown = " ".join(f"{k} {v:.4g}" for k, v in record.items() if k.startswith(("val_", "eval_", "train_")))
         log.info("epoch %d/%d done at step %d%s", p.epoch, cfg.epochs, p.step, f": {shown}" if shown else "")
         stop = cfg.patience is not None and p.epochs_without_improvement >= cfg.patience
         if stop:
@@ -330,16 +408,38 @@ class Trainer:
         # steps only (G's loss under n_critic, a lazy penalty) is the mean over those steps.
         running: dict[str, torch.Tensor] = {}
         counts: dict[str, int] = {}
+        # The same over the epoch, from the values already read back (no further sync): `train_<key>`
+        # in the epoch record, beside `val_<key>` (a flow's bits/dim on training and validation images);
+        # kept in the progress, so an epoch resumed in its middle reports the same means.
+        epoch_sums, epoch_counts = p.epoch_sums, p.epoch_counts
         window_steps, window_start, session_start = 0, time.perf_counter(), time.perf_counter()
         elapsed_before = p.elapsed_s
-        stop_reason = None
 
-        def flush_window() -> None:
-            nonlocal running, counts, window_steps, window_start, stop_reason
+        nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)  # any non-finite loss since the last check
+
+        def check_finite(values: dict[str, float] | None = None) -> None:
+            """Raise _Diverged when a loss (or a clipped gradient norm) was non-finite since the last
+            check: the one read of the device flag, where losses are read and before every save."""
+            nonlocal nonfinite
+            bad = bool(nonfinite | self.method.stepper.nonfinite)
+            if values is not None:
+                bad = bad or not all(math.isfinite(v) for v in values.values())
+            if any_rank(bad, self.dist):
+                raise _Diverged(values or {})
+            nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+            self.method.stepper.nonfinite = False
+
+        def flush_window(check: bool = True) -> None:
+            nonlocal running, counts, window_steps, window_start
             if not window_steps:
+                if check:
+                    check_finite()
                 return
             now = time.perf_counter()
             values = {k: (v / counts[k]).item() for k, v in running.items()}  # the only host sync
+            for k, v in values.items():
+                epoch_sums[k] = epoch_sums.get(k, 0.0) + v * counts[k]
+                epoch_counts[k] = epoch_counts.get(k, 0) + counts[k]
             record = {"kind": "train", "step": p.step, "epoch": round(p.epoch + p.batch / self.steps_per_epoch, 4),
                       "time_s": round(elapsed_before + now - session_start, 3),
                       "images_per_s": round(window_steps * self.batch_size / (now - window_start), 1), **values}
@@ -347,20 +447,38 @@ class Trainer:
             bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()} | {"img/s": f"{record['images_per_s']:.0f}"},
                             refresh=False)
             running, counts, window_steps, window_start = {}, {}, 0, now
-            if any_rank(not all(math.isfinite(v) for v in values.values()), self.dist):
-                log.error("a loss became non-finite near step %d (%s); stopping. The last good checkpoint is %s",
-                          p.step, values, checkpoint_path(self.run_dir, "last"))
-                stop_reason = "non_finite_loss"
+            if check:
+                check_finite(values)
 
-        self.method.train()
-        try:
-            while p.epoch < cfg.epochs and stop_reason is None:
+        def save_last() -> None:
+            """The position as last.pt, never from weights that produced a non-finite value (the losses
+            so far are logged first, so a resumed run's log continues exactly where this one stops)."""
+            flush_window()
+            p.elapsed_s = training_time()
+            self._save("last")
+
+        reporting_s = 0.0  # validation, grids and evaluation this session: not training time
+
+        def training_time() -> float:
+            return elapsed_before + time.perf_counter() - session_start - reporting_s
+
+        def out_of_time() -> bool:  # (a host clock, no device sync; under DDP rank 0's clock decides for all)
+            if cfg.max_minutes is None:
+                return False
+            spent = training_time() >= cfg.max_minutes * 60
+            return broadcast(spent, self.dist) if self.dist.enabled else spent
+
+        def run_epochs() -> str:
+            """Train from the current position until a stop condition; returns why it stopped."""
+            nonlocal nonfinite, window_steps, window_start, reporting_s
+            while p.epoch < cfg.epochs:
                 bar.set_description(f"epoch {p.epoch + 1}/{cfg.epochs}")
                 order = epoch_permutation(len(train_images), cfg.seed, p.epoch).to(train_images.device)
-                while p.batch < self.steps_per_epoch and stop_reason is None:
+                while p.batch < self.steps_per_epoch:
                     if cfg.max_steps is not None and p.step >= cfg.max_steps:
-                        stop_reason = "max_steps"
-                        break
+                        return "max_steps"
+                    if p.step % cfg.log_every == 0 and out_of_time():  # (checked where losses are read)
+                        return "max_minutes"
                     start = p.batch * self.batch_size + offset
                     index = order[start : start + self.rank_batch]
                     batch = train_images[index]
@@ -382,41 +500,87 @@ class Trainer:
                     for k, v in stats.items():
                         running[k] = running.get(k, 0) + v.float()
                         counts[k] = counts.get(k, 0) + 1
+                    if stats:  # accumulated on the device; read with the losses (check_finite)
+                        nonfinite = nonfinite | ~torch.isfinite(torch.stack([v.float() for v in stats.values()])).all()
                     window_steps += 1
                     p.step, p.batch, p.images_seen = p.step + 1, p.batch + 1, p.images_seen + self.batch_size
                     bar.update(1)
                     if p.step % cfg.log_every == 0:
                         flush_window()
-                    if cfg.checkpoint_every and p.step % cfg.checkpoint_every == 0 and stop_reason is None:
-                        p.elapsed_s = elapsed_before + time.perf_counter() - session_start
-                        self._save("last")
-                if stop_reason is not None:
-                    break
+                    if signals.received(self.dist, every=1 if not self.dist.enabled else cfg.log_every, step=p.step):
+                        return signals.name
+                    if cfg.checkpoint_every and p.step % cfg.checkpoint_every == 0:
+                        save_last()
                 flush_window()
-                if stop_reason is not None:
-                    break
                 p.epoch, p.batch = p.epoch + 1, 0
                 self.method.end_epoch()
-                p.elapsed_s = elapsed_before + time.perf_counter() - session_start
+                p.elapsed_s = training_time()
                 # Rank 0 validates, evaluates and writes; every rank learns whether to stop.
                 due = self.cfg.eval.every and p.epoch % self.cfg.eval.every == 0
+                report_start = time.perf_counter()
                 evaluated, results = self._evaluate() if due else ({}, {})  # on every rank: the work is shared
-                stop = self._end_of_epoch(writer, evaluated, results) if main else False
-                if broadcast(stop, self.dist):
-                    stop_reason = "early_stopping"
+                train_means = {f"train_{k}": v / epoch_counts[k] for k, v in epoch_sums.items()}
+                epoch_sums.clear()
+                epoch_counts.clear()
+                stop = self._end_of_epoch(writer, {**train_means, **evaluated}, results) if main else False
                 window_start = time.perf_counter()  # images/s counts training only, not validation or grids
-            stop_reason = stop_reason or "epochs"
-            flush_window()
-            p.elapsed_s = elapsed_before + time.perf_counter() - session_start
-            if stop_reason == "max_steps" and main:  # stopped inside an epoch: keep its position for a resume
+                reporting_s += window_start - report_start
+                if broadcast(stop, self.dist):
+                    return "early_stopping"
+                if signals.received(self.dist):
+                    return signals.name
+            return "epochs"
+
+        self.method.train()
+        signals = _StopSignals()
+        try:
+            while True:
+                try:
+                    stop_reason = run_epochs()
+                    break
+                except _Diverged as diverged:
+                    last = checkpoint_path(self.run_dir, "last")
+                    shown = ", ".join(f"{k} {v:.4g}" for k, v in diverged.values.items()) or "found before a save"
+                    if cfg.on_divergence == "rollback" and p.rollbacks < cfg.max_rollbacks and last.is_file():
+                        bad_step = p.step
+                        self._rollback(last)
+                        log.warning("non-finite values near step %d (%s): rollback %d of %d to step %d (%s), learning "
+                                    "rates x%s", bad_step, shown, p.rollbacks, cfg.max_rollbacks, p.step, last,
+                                    cfg.rollback_lr_factor)
+                        writer.write({"kind": "rollback", "step": p.step, "from_step": bad_step, "rollback": p.rollbacks,
+                                      "lr_factor": cfg.rollback_lr_factor, "losses": diverged.values})
+                        running, counts = {}, {}
+                        epoch_sums, epoch_counts = p.epoch_sums, p.epoch_counts  # (the checkpoint's)
+                        nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+                        self.method.stepper.nonfinite = False
+                        elapsed_before, session_start, reporting_s = p.elapsed_s, time.perf_counter(), 0.0
+                        continue
+                    why = ("after %d rollbacks" % p.rollbacks if cfg.on_divergence == "rollback" and last.is_file()
+                           else "with no checkpoint to roll back to" if cfg.on_divergence == "rollback" else "")
+                    log.error("a loss or gradient norm became non-finite near step %d (%s); stopping%s. The last good "
+                              "checkpoint is %s", p.step, shown, f" {why}" if why else "",
+                              last if last.is_file() else "none (none was written yet)")
+                    stop_reason = "non_finite_loss"
+                    break
+            flush_window(check=False)
+            p.elapsed_s = training_time()
+            if stop_reason in ("max_steps", "max_minutes") and main:  # stopped inside an epoch: keep its position
                 self._write_grids(f"step-{p.step:07d}", writer)
-                self._save("last")
-        except KeyboardInterrupt:
-            p.elapsed_s = elapsed_before + time.perf_counter() - session_start
-            self._save("last")
+                save_last()
+            elif stop_reason in ("SIGTERM", "SIGINT"):
+                save_last()
+                log.warning("stopped by %s at step %d; continue with: genlab train --resume %s", stop_reason, p.step,
+                            self.run_dir)
+        except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training steps
+            try:
+                save_last()
+            except _Diverged:
+                log.error("interrupted after non-finite values; the last good checkpoint is kept")
+                raise KeyboardInterrupt from None
             log.warning("interrupted at step %d; continue with: genlab train --resume %s", p.step, self.run_dir)
             raise
         finally:
+            signals.restore()
             bar.close()
             writer.close()
 
@@ -465,9 +629,32 @@ def _seed_rank(seed: int, info: DistInfo, step: int = 0) -> None:
         torch.manual_seed(seed * 1_000_003 + step * 7919 + info.rank)
 
 
+def initialise_from_run(method: Method, cfg: Config, data: ImageSplits, device: torch.device) -> None:
+    """init.from_run: copy networks from another run's model (its best, else last, inference
+    snapshot, so EMA weights when it kept them), checked before the run directory is made."""
+    from genlab.resolve import init_mapping
+    from genlab.train.checkpoint import build_method_from_checkpoint
+    from genlab.train.rundir import find_checkpoint
+
+    source = Path(cfg.init.from_run).expanduser()
+    try:
+        path = find_checkpoint(source, "best", inference=True)
+    except GenlabError:
+        path = find_checkpoint(source, "last", inference=True)
+    other, other_cfg, payload = build_method_from_checkpoint(path, device)
+    if tuple(payload["image_shape"]) != tuple(data.image_shape):
+        raise GenlabError(f"init.from_run={source}: that run was trained on images of shape {payload['image_shape']}, "
+                          f"this one has {list(data.image_shape)}")
+    copied = method.initialise_from(other, init_mapping(cfg.init.networks), str(source))
+    log.info("initialised from %s (%s, step %d, %s): %s", path, other_cfg.method, payload["progress"]["step"],
+             payload["weights_used"], ", ".join(copied))
+
+
 def start_training(cfg: Config, runs_root: Path, device: torch.device, quiet: bool = False,
-                   info: DistInfo = SINGLE) -> Path:
-    """Load the data, then (only once everything checked out) create the run directory and train."""
+                   info: DistInfo = SINGLE, run_dir: Path | None = None) -> Path:
+    """Load the data, then (only once everything checked out) create the run directory and train:
+    a new numbered one below ``runs_root``, or ``run_dir`` itself when given (a named run)."""
+    named = run_dir
     buffered = _BufferHandler()
     log.addHandler(buffered)
     try:
@@ -475,13 +662,23 @@ def start_training(cfg: Config, runs_root: Path, device: torch.device, quiet: bo
         check_run(cfg, data, info)
         seed_everything(cfg.train.seed)  # the same initialisation on every rank
         method = build_method(cfg, data.image_shape, device)
+        if cfg.init.from_run is not None:
+            initialise_from_run(method, cfg, data, device)
+        method.prepare(data.train)
     finally:
         log.removeHandler(buffered)
     run_dir = None
     if info.is_main:
-        run_dir = create_run_dir(runs_root, cfg.name, data.name)
+        if named is not None:
+            run_dir = Path(named)
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise GenlabError(f"cannot create run directory {run_dir}: {e.strerror or e}") from e
+        else:
+            run_dir = create_run_dir(runs_root, cfg.name, data.name)
         (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
-        (run_dir / "checkpoints").mkdir()
+        (run_dir / "checkpoints").mkdir(exist_ok=named is not None)
     run_dir = broadcast(run_dir, info)
     handler = attach_run_log(run_dir, buffered) if info.is_main else None
     try:
@@ -542,6 +739,13 @@ def resume_training(run_dir: Path, overrides: list[str], device: torch.device, q
                  f" with {' '.join(overrides)}" if overrides else "",
                  f" on {info.world_size} processes" if info.enabled else "")
         if info.is_main:
+            for stale in (run_dir / "checkpoints").glob("*.tmp-*"):  # a write a kill interrupted
+                stale.unlink(missing_ok=True)
+                log.warning("removed %s, a checkpoint write that did not finish", stale.name)
+            dropped, torn = trim_stats(run_dir, progress.step)
+            if dropped:
+                log.warning("stats.jsonl: dropped %d record(s) written after the checkpoint at step %d%s", dropped,
+                            progress.step, ", one of them a torn line from an interrupted write" if torn else "")
             with open(run_dir / "stats.jsonl", "a") as f:
                 f.write(f'{{"kind": "resume", "step": {progress.step}, "epoch": {progress.epoch}}}\n')
         trainer = Trainer(cfg, run_dir, device, data, method, progress, quiet, info, ema_state=payload.get("ema"))
@@ -576,10 +780,63 @@ def check_resumable(overrides: list[str]) -> None:
 
 def exit_code(run_dir: Path) -> int:
     """The shell's verdict on a finished run: 1 when it stopped on a non-finite loss (the run and its
-    last good checkpoint are kept), else 0."""
+    last good checkpoint are kept), 143 or 130 when SIGTERM or SIGINT stopped it (128 + the signal,
+    as shells report a signal's death; the position is saved), else 0."""
     import json
 
     metrics = run_dir / "metrics.json"
-    if metrics.exists() and json.loads(metrics.read_text()).get("train", {}).get("stopped_because") == "non_finite_loss":
-        return 1
-    return 0
+    why = json.loads(metrics.read_text()).get("train", {}).get("stopped_because") if metrics.exists() else None
+    return {"non_finite_loss": 1, "SIGTERM": 143, "SIGINT": 130}.get(why, 0)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value and not key == "first_stage":
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def named_run_plan(cfg: Config, run_dir: Path) -> tuple[str, list[str]]:
+    """What `genlab train PRESET --run-dir DIR` does, so a re-queued job script simply continues:
+    ("start", []) when DIR is absent or empty, or holds this config's run that never reached a
+    checkpoint (it starts again there); ("resume", overrides) when DIR holds a run of the same config
+    with a checkpoint (keys that may change on resume, such as train.epochs, are carried over).
+    Anything else is refused, naming the keys that differ."""
+    import yaml
+
+    from genlab.resolve import resolve_config
+
+    run_dir = Path(run_dir)
+    if not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())):
+        return "start", []
+    recorded_path = run_dir / "config.yaml"
+    if not run_dir.is_dir() or not recorded_path.is_file():
+        raise GenlabError(f"--run-dir {run_dir}: exists and is not a genlab run directory (no config.yaml); "
+                          "name an empty or new folder")
+    try:
+        recorded = resolve_config(yaml.safe_load(recorded_path.read_text()))
+    except (yaml.YAMLError, GenlabError) as e:
+        raise GenlabError(f"--run-dir {run_dir}: its config.yaml cannot be read: {str(e).splitlines()[0]}") from e
+    ours, theirs = _flatten(cfg.to_dict()), _flatten(recorded.to_dict())
+    differing = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k) and k != "name")
+    fixed = [k for k in differing if k not in RESUMABLE_KEYS]
+    if fixed:
+        shown = ", ".join(f"{k} ({theirs.get(k)!r} there, {ours.get(k)!r} here)" for k in fixed[:6])
+        raise GenlabError(f"--run-dir {run_dir} holds a run of another configuration: {shown}"
+                          + (f" and {len(fixed) - 6} more" if len(fixed) > 6 else ""))
+    if not checkpoint_path(run_dir, "last").is_file():
+        for name in ("stats.jsonl", "log.txt", "metrics.json"):  # a start that never reached its first checkpoint
+            (run_dir / name).unlink(missing_ok=True)
+        for name in ("tb", "samples", "reconstructions"):
+            shutil.rmtree(run_dir / name, ignore_errors=True)
+        return "start", []
+    return "resume", [f"{k}={_yaml_value(ours[k])}" for k in differing]
+
+
+def _yaml_value(value) -> str:
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()

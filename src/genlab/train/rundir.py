@@ -149,3 +149,28 @@ def record_evaluation(run_dir: Path, results: dict[str, dict], step: int, checkp
               "results": results}
     with open(run_dir / "stats.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def trim_stats(run_dir: Path, step: int) -> tuple[int, bool]:
+    """Before a resume from ``step``: drop from stats.jsonl a torn line (a process killed mid-write)
+    and every record after ``step`` (work the resumed run redoes, so its log reads as one run's).
+    Returns (records dropped, whether a torn line was among them); rewrites the file atomically."""
+    path = run_dir / "stats.jsonl"
+    if not path.is_file():
+        return 0, False
+    kept, dropped, torn = [], 0, False
+    for line in path.read_bytes().splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            dropped, torn = dropped + 1, True
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > step:
+            dropped += 1
+            continue
+        kept.append(line)
+    if dropped:
+        atomic_write(path, lambda tmp: tmp.write_bytes(b"".join(line + b"\n" for line in kept)), "file")
+    return dropped, torn
