@@ -31,10 +31,11 @@ from genlab.config import DataConfig
 from genlab.data.sources import SOURCES, Catalog, apply_source_defaults
 from genlab.data.splits import SPLITS, assign_splits, select_part
 from genlab.errors import GenlabError
+from genlab.io import fsync_dir, fsync_file
 
 log = logging.getLogger("genlab")
 
-CACHE_FORMAT = 1  # bump when the cache layout changes: older caches are then rebuilt
+CACHE_FORMAT = 2  # bump when the cache layout changes: older caches are then rebuilt (2: file checksums)
 RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1}  # PIL.Image.Resampling values
 
 
@@ -174,6 +175,37 @@ def list_catalog(cfg: DataConfig) -> Catalog:
     return catalog
 
 
+CHECK_BLOCK = 4096  # bytes per checked block
+CHECK_BLOCKS = 16  # blocks checked per file beyond its head, evenly spaced
+
+
+def file_check(path: Path) -> dict:
+    """Size, and SHA-256 of the first 64 KiB (the .npy header and first images) and of 16 evenly
+    spaced 4 KiB blocks: a truncated, overwritten or swapped file shows, without reading it all."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = hashlib.sha256(f.read(16 * CHECK_BLOCK)).hexdigest()
+        sample = hashlib.sha256()
+        for k in range(CHECK_BLOCKS):
+            f.seek(size * k // CHECK_BLOCKS)
+            sample.update(f.read(CHECK_BLOCK))
+    return {"size": size, "sha256_head": head, "sha256_sample": sample.hexdigest()}
+
+
+def verify_cache(path: Path, meta: dict) -> str | None:
+    """None when every array file matches what meta.json recorded; else what is wrong."""
+    for name, expected in meta.get("files", {}).items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        actual = file_check(file)
+        if actual["size"] != expected["size"]:
+            return f"{name} is {actual['size']} bytes, {expected['size']} were written"
+        if actual != expected:
+            return f"{name} does not match its checksum"
+    return None
+
+
 def read_meta(path: Path) -> dict | None:
     try:
         return json.loads((path / "meta.json").read_text())
@@ -182,19 +214,56 @@ def read_meta(path: Path) -> dict | None:
 
 
 def prepare(cfg: DataConfig, force: bool = False) -> Path:
-    """Make sure the cache for ``cfg`` exists (decoding every image once) and return its folder."""
+    """Make sure the cache for ``cfg`` exists (decoding every image once) and return its folder.
+    Processes preparing the same cache at once take turns (a lock file beside it): the first builds
+    it, the others find it complete."""
     catalog = list_catalog(cfg)
     path = cache_path(cfg, catalog)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _lock(path.with_name(path.name + ".lock")):
+        return _prepare_locked(cfg, catalog, path, force)
+
+
+class _lock:
+    """An exclusive advisory lock on a file (POSIX flock); a no-op where fcntl does not exist."""
+
+    def __init__(self, path: Path):
+        self.path, self.fd = path, None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except OSError as e:
+            raise GenlabError(f"cannot lock the data cache {self.path}: {e.strerror or e}") from e
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)  # (closing releases the lock)
+
+
+def _prepare_locked(cfg: DataConfig, catalog: Catalog, path: Path, force: bool) -> Path:
     meta = read_meta(path)
     if meta is not None and not force:
         if meta.get("format") == CACHE_FORMAT:
-            log.info("data %s: using cache %s (%s)", catalog.name, path,
-                     ", ".join(f"{s} {meta['counts'][s]}" for s in SPLITS))
-            return path
-        if cfg.strict:
+            damage = verify_cache(path, meta)
+            if damage is None:
+                log.info("data %s: using cache %s (%s)", catalog.name, path,
+                         ", ".join(f"{s} {meta['counts'][s]}" for s in SPLITS))
+                return path
+            if cfg.strict:
+                raise GenlabError(f"data cache {path} is damaged: {damage}. Delete it, or drop data.strict to rebuild it")
+            log.warning("data cache %s is damaged (%s); rebuilding it", path, damage)
+        elif cfg.strict:
             raise GenlabError(f"data cache {path} was written by genlab {meta.get('genlab_version')} in format "
                               f"{meta.get('format')}; this genlab reads format {CACHE_FORMAT}. Delete it or drop data.strict")
-        log.warning("data cache %s is of another format (%s); rebuilding it", path, meta.get("format"))
+        else:
+            log.warning("data cache %s is of another format (%s); rebuilding it", path, meta.get("format"))
     elif path.exists() and not force:
         log.warning("data cache %s is incomplete (no meta.json); rebuilding it", path)
 
@@ -236,11 +305,15 @@ def prepare(cfg: DataConfig, force: bool = False) -> Path:
             "label_names": catalog.label_names, "attribute_names": catalog.attribute_names,
             "notes": catalog.notes, "skipped": [[catalog.keys[i], reason] for i, reason in failed],
             "prepare_seconds": round(time.perf_counter() - start, 2),
+            "files": {f.name: file_check(f) for f in sorted(tmp.glob("*.npy"))},
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))  # written last: marks the cache complete
+        for f in tmp.iterdir():  # durable before the folder's rename makes it the cache
+            fsync_file(f)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise GenlabError(f"could not write data cache {path}: {e.strerror or e}") from e

@@ -12,6 +12,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+from genlab.data.archive import safe_extract
 from genlab.errors import GenlabError
 
 log = logging.getLogger("genlab")
@@ -55,7 +56,7 @@ def _md5_ok(path: Path, md5: str) -> bool:
 
 
 def download_cifar10(root: Path) -> Path:
-    from torchvision.datasets.utils import download_url, extract_archive
+    from torchvision.datasets.utils import download_url
 
     target = root / "cifar-10-batches-py"
     if all(_md5_ok(target / name, md5) for name, md5 in CIFAR10_FILES.items()):
@@ -75,7 +76,7 @@ def download_cifar10(root: Path) -> Path:
     if not _md5_ok(archive, CIFAR10_ARCHIVE[1]):
         raise GenlabError(f"cifar10: checksum mismatch for {archive} (expected md5 {CIFAR10_ARCHIVE[1]}); "
                           "delete it and download again")
-    extract_archive(str(archive), str(root))
+    safe_extract(archive, root)
     bad = [name for name, md5 in CIFAR10_FILES.items() if not _md5_ok(target / name, md5)]
     if bad:
         raise GenlabError(f"cifar10: checksum mismatch after download for {', '.join(bad)} in {target}")
@@ -84,7 +85,7 @@ def download_cifar10(root: Path) -> Path:
 
 
 def download_celeba(root: Path) -> Path:
-    from torchvision.datasets.utils import download_file_from_google_drive, extract_archive
+    from torchvision.datasets.utils import download_file_from_google_drive
 
     target = root / "celeba"
     missing = [(fid, md5, name) for fid, md5, name in CELEBA_FILES if not _md5_ok(target / name, md5)]
@@ -105,7 +106,7 @@ def download_celeba(root: Path) -> Path:
         if not _md5_ok(target / name, md5):
             raise GenlabError(f"celeba: checksum mismatch for {target / name} (expected md5 {md5})")
     if not (target / "img_align_celeba").is_dir():
-        extract_archive(str(target / "img_align_celeba.zip"), str(target))
+        safe_extract(target / "img_align_celeba.zip", target)
     log.info("celeba: downloaded to %s, checksums verified", target)
     return target
 

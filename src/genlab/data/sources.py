@@ -119,10 +119,17 @@ def _fingerprint(files: list[Path], extra: str = "") -> str:
     return h.hexdigest()
 
 
+MAX_PIXELS = 50_000_000  # a declared size above this (about 7,000 x 7,000) is skipped before decoding:
+#                          a decompression bomb must not take the memory of 50 megapixels x 4 bytes, or more
+
+
 def _open_image(path: Path):
     from PIL import Image
 
-    im = Image.open(path)
+    im = Image.open(path)  # reads the header only
+    w, h = im.size
+    if w * h > MAX_PIXELS:
+        raise ValueError(f"declares {w}x{h} pixels, more than genlab decodes ({MAX_PIXELS:,}); a decompression bomb?")
     im.load()  # decode now, so a truncated file fails here and is reported with its path
     return im
 

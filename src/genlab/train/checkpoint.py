@@ -91,7 +91,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise GenlabError(f"{path} is not a genlab checkpoint")
     if payload.get("format_version", 0) > FORMAT_VERSION:
-        raise GenlabError(f"{path} was written by a newer genlab ({payload.get('genlab_version')}); upgrade genlab")
+        raise GenlabError(f"{path} was written by a newer genlab ({payload.get('genlab_version')}, checkpoint format "
+                          f"{payload.get('format_version')}); this genlab {genlab.__version__} reads {FORMAT_VERSION} "
+                          "and older: upgrade genlab")
     return payload
 
 
