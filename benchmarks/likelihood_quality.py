@@ -12,10 +12,9 @@ same training wall time each, SWD of N samples against the validation split.
 Each family is a preset plus overrides (`PRESET+key=value+...`) so the CPU run can use narrower
 networks; the JSON records every override. On a CPU (about 20 minutes of training in all):
 
-    python benchmarks/likelihood_quality.py --cifar ../shared/data/cifar10-jpeg --celeba ../shared/data/celeba \\
-        --minutes 9 --celeba-minutes 7 --n 2000 --eval-steps 20 --n-bpd 500 --bound-timesteps 50 \\
-        --grids docs/likelihood \\
-        --out benchmarks/results/likelihood_quality-cpu.json
+    cd benchmarks && python likelihood_quality.py --cifar ../../shared/data/cifar10-jpeg \\
+        --celeba ../../shared/data/celeba --minutes 9 --celeba-minutes 7 --n 2000 --eval-steps 20 \\
+        --n-bpd 500 --bound-timesteps 50 --grids ../docs/likelihood --out results/likelihood_quality-cpu.json
 
 On a GPU: --minutes 20 --celeba-minutes 20 --n 10000 --n-bpd 10000 --bound-timesteps 0 and the presets
 as shipped (--realnvp realnvp-cifar10 --ddpm ddpm-cifar10 ...).
