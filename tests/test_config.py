@@ -5,6 +5,8 @@ from genlab.resolve import load_config, resolve_config
 from genlab.errors import GenlabError
 from genlab.methods.gan import GANConfig
 from genlab.methods.vae import VAEConfig
+from genlab.methods.diffusion import DiffusionConfig, LatentDiffusionConfig
+from genlab.methods.flow import RealNVPConfig
 
 
 def test_every_shipped_preset_resolves():
@@ -14,7 +16,9 @@ def test_every_shipped_preset_resolves():
     for name in names:
         cfg = load_config(name)
         assert cfg.name == name
-        assert isinstance(cfg.model, VAEConfig if cfg.method == "vae" else GANConfig)
+        expected = {"vae": VAEConfig, "gan": GANConfig, "realnvp": RealNVPConfig, "ddpm": DiffusionConfig,
+                    "latent-ddpm": LatentDiffusionConfig}[cfg.method]
+        assert type(cfg.model) is expected
         assert load_preset(name)["description"]
 
 
@@ -139,7 +143,9 @@ def test_the_sampler_section_is_typed_by_its_sampler():
     assert load_config("tiny-vae").sampler.name == "latent"  # the family's default sampler
     with pytest.raises(GenlabError, match="unknown config key 'sampler.steps'"):
         load_config("tiny-dcgan", ["sampler.steps=10"])
-    with pytest.raises(GenlabError, match="unknown sampler 'ddim'"):
+    with pytest.raises(GenlabError, match="unknown sampler 'euler'"):
+        load_config("tiny-dcgan", ["sampler.name=euler"])
+    with pytest.raises(GenlabError, match="sampler.name=ddim: method 'gan' samples with latent"):
         load_config("tiny-dcgan", ["sampler.name=ddim"])
     with pytest.raises(GenlabError, match="'sampler.temperature' must be > 0"):
         load_config("tiny-dcgan", ["sampler.temperature=0"])

@@ -211,8 +211,10 @@ def test_latent_diffusion_refuses_a_base_without_an_encoder_or_of_another_size(t
     vae = start_training(load_config("tiny-vae", ["train.epochs=1"]), tmp_path, CPU, quiet=True)
     with pytest.raises(GenlabError, match="16x16 images"):
         load_config("tiny-ddpm", ["method=latent-ddpm", f"init.from_run={vae}", "model={}", "data.size=32"])
+    unnamed = load_config("tiny-ddpm", ["method=latent-ddpm", "model={}"])  # (a preset resolves without its run)
     with pytest.raises(GenlabError, match="init.from_run=RUN_DIR"):
-        load_config("tiny-ddpm", ["method=latent-ddpm", "model={}"])
+        start_training(unnamed, tmp_path / "runs", CPU, quiet=True)
+    assert not (tmp_path / "runs").exists()
     with pytest.raises(GenlabError, match="not a genlab run directory"):
         load_config("tiny-ddpm", ["method=latent-ddpm", f"init.from_run={tmp_path / 'nope'}", "model={}"])
 
@@ -279,3 +281,25 @@ def test_init_from_run_copies_networks_by_name_and_refuses_what_does_not_fit(tmp
     assert all(torch.equal(v, method.discriminator.state_dict()[k]) for k, v in d_before.items())
     with pytest.raises(GenlabError, match="no run to copy"):
         load_config("tiny-dcgan", ["init.networks=[generator]"])
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+@pytest.mark.parametrize("options", [DDPMOptions(name="ddpm"), DDIMOptions(name="ddim", steps=7, eta=0.0),
+                                     DDIMOptions(name="ddim", steps=3, eta=1.0)])
+def test_with_an_oracle_denoiser_every_sampler_lands_on_the_data(monkeypatch, prediction, options):
+    """When the data is one image x*, the best prediction is known in closed form (eps = (x_t -
+    sqrt(abar) x*) / sqrt(1 - abar)); fed it, DDPM and DDIM must end exactly at x*, whatever the steps."""
+    method = tiny(f"model.prediction={prediction}", "model.timesteps=50", "model.schedule=cosine")
+    process = method.process
+    target = torch.linspace(-0.9, 0.9, 256).view(1, 1, 16, 16)
+
+    def oracle(xt, t):
+        a = process.sqrt_alpha_bar[t].view(-1, 1, 1, 1)
+        s = process.sqrt_one_minus_alpha_bar[t].view(-1, 1, 1, 1)
+        eps = (xt - a * target) / s
+        return eps if prediction == "eps" else a * eps - s * target
+
+    monkeypatch.setattr(method, "denoise", oracle)
+    images = method.sample(3, seed=0, options=options)
+    expected = ((target + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).expand(3, -1, -1, -1)
+    assert (images.int() - expected.int()).abs().max().item() <= 1

@@ -25,6 +25,8 @@ from genlab.methods.step import make_optimizer, make_scheduler
 from genlab.models.unet import MLPDenoiser, UNet
 from genlab.samplers.diffusion import DDIMOptions, check_steps, ddim_loop
 
+NEEDS_BASE_RUN = ("method latent-ddpm diffuses in the latent space of a trained run: set init.from_run=RUN_DIR "
+                  "(a VAE or autoencoder run on the same images)")
 LATENT_STATISTICS_IMAGES = 1024  # training images whose latents set the latent scale (Rombach et al. 2022)
 
 
@@ -212,9 +214,9 @@ class LatentDiffusionMethod(_DiffusionBase):
     @classmethod
     def check_config(cls, cfg) -> None:
         fs = cfg.model.first_stage
-        if not fs:
-            raise GenlabError("method latent-ddpm diffuses in the latent space of a trained run: set "
-                              "init.from_run=RUN_DIR (a VAE or autoencoder run on the same images)")
+        _check_sampler_steps(cfg)
+        if not fs:  # (a preset names no run: refused when the model is built, before anything is written)
+            return
         base_cls = METHODS.get(fs.get("method", ""))
         if not base_cls.has_encoder or base_cls.latent_kind != "flat" or not hasattr(base_cls, "encode_latent"):
             raise GenlabError(f"init.from_run: its method {base_cls.name!r} has no encoder with a flat latent; "
@@ -223,8 +225,7 @@ class LatentDiffusionMethod(_DiffusionBase):
         if (size, channels) != (cfg.data.size, cfg.data.channels):
             raise GenlabError(f"init.from_run: the first stage was trained on {size}x{size} images with {channels} "
                               f"channels, but data gives {cfg.data.size}x{cfg.data.size} with {cfg.data.channels}")
-        _check_sampler_steps(cfg)
-
+        
     @classmethod
     def configure_from_base(cls, model_cfg, base_config) -> None:
         """Record the base run's family and model section, so the run rebuilds without it."""
@@ -237,6 +238,8 @@ class LatentDiffusionMethod(_DiffusionBase):
     def __init__(self, cfg: LatentDiffusionConfig, image_shape, device):
         super().__init__(cfg, image_shape, device)
         fs = cfg.first_stage
+        if not fs:
+            raise GenlabError(NEEDS_BASE_RUN)
         base_cls = METHODS.get(fs["method"])
         base_model = build_dataclass(base_cls.config_class, fs["model"], "model.first_stage.model.")
         self.first_stage = base_cls(base_model, image_shape, device)
