@@ -539,7 +539,22 @@ def _command_in(argv: list[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
+import threading as _threading
+
+_DEFAULT_THREAD_HOOK = _threading.excepthook
+
+
+def _quiet_thread_os_errors(args) -> None:
+    """A background writer (TensorBoard's) that hits a full disk must not print a traceback: the main
+    thread reports the same failure as one line when it next writes."""
+    if not issubclass(args.exc_type, OSError):
+        _DEFAULT_THREAD_HOOK(args)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import threading
+
+    threading.excepthook = _quiet_thread_os_errors
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_command_in(argv))
     # key=value overrides may stand anywhere on the line, also after options such as --root DIR.

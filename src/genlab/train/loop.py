@@ -160,8 +160,22 @@ class _BufferHandler(logging.Handler):
         self.records.append(record)
 
 
+class _RunLogHandler(logging.FileHandler):
+    """The run's log.txt. A record that cannot be written (a full disk) is dropped without the traceback
+    logging would print: the run's next checkpoint or stats write then fails with one clear line."""
+
+    def handleError(self, record):
+        pass
+
+    def close(self):
+        try:
+            super().close()
+        except OSError:  # (the final flush on a full disk: the failure that matters is already reported)
+            pass
+
+
 def attach_run_log(run_dir: Path, buffered: _BufferHandler | None = None) -> logging.Handler:
-    handler = logging.FileHandler(run_dir / "log.txt")
+    handler = _RunLogHandler(run_dir / "log.txt")
     handler.setLevel(logging.INFO)
     if log.getEffectiveLevel() > logging.INFO:  # the run's log is always written, from the CLI or from Python
         log.setLevel(logging.INFO)
@@ -677,7 +691,7 @@ def start_training(cfg: Config, runs_root: Path, device: torch.device, quiet: bo
                 raise GenlabError(f"cannot create run directory {run_dir}: {e.strerror or e}") from e
         else:
             run_dir = create_run_dir(runs_root, cfg.name, data.name)
-        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+        atomic_write(run_dir / "config.yaml", lambda tmp: tmp.write_text(config_to_yaml(cfg)), "file")
         (run_dir / "checkpoints").mkdir(exist_ok=named is not None)
     run_dir = broadcast(run_dir, info)
     handler = attach_run_log(run_dir, buffered) if info.is_main else None
@@ -732,7 +746,7 @@ def resume_training(run_dir: Path, overrides: list[str], device: torch.device, q
     handler = None
     if info.is_main:
         if overrides:
-            (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+            atomic_write(run_dir / "config.yaml", lambda tmp: tmp.write_text(config_to_yaml(cfg)), "file")
         handler = attach_run_log(run_dir)
     try:
         log.info("resuming %s at epoch %d, step %d%s%s", run_dir, progress.epoch, progress.step,

@@ -93,22 +93,48 @@ class StatsWriter:
         from torch.utils.tensorboard import SummaryWriter
 
         self.file = open(run_dir / "stats.jsonl", "a")
-        self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=purge_step)
+        self.tb_dir = run_dir / "tb"
+        with self._tensorboard():
+            self.tb = SummaryWriter(str(self.tb_dir), purge_step=purge_step)
+
+    def _tensorboard(self):
+        """TensorBoard's writer fails on a full disk with a bare OSError (from its own thread): name it."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def named():
+            try:
+                yield
+            except OSError as e:
+                raise GenlabError(f"could not write TensorBoard events in {self.tb_dir}: {e.strerror or e}") from e
+
+        return named()
 
     def write(self, record: dict[str, Any]) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        except OSError as e:  # a full disk: name the file (a file object's error carries no name)
+            raise GenlabError(f"could not write {self.file.name}: {e.strerror or e}") from e
         step = record["step"]
-        for key, value in record.items():
-            if key not in ("kind", "step", "epoch", "time_s") and isinstance(value, (int, float)):
-                self.tb.add_scalar(f"{record['kind']}/{key}", value, step)
+        with self._tensorboard():
+            for key, value in record.items():
+                if key not in ("kind", "step", "epoch", "time_s") and isinstance(value, (int, float)):
+                    self.tb.add_scalar(f"{record['kind']}/{key}", value, step)
 
     def image(self, tag: str, grid: torch.Tensor, step: int) -> None:
-        self.tb.add_image(tag, grid, step)
+        with self._tensorboard():
+            self.tb.add_image(tag, grid, step)
 
     def close(self) -> None:
-        self.file.close()
-        self.tb.close()
+        try:
+            self.file.close()
+        except OSError:
+            pass  # (a full disk was reported where it happened)
+        try:
+            self.tb.close()
+        except OSError:
+            pass
 
 
 def image_grid(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
