@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from common import write_result
+from common import score_run, write_result
 
 
 def main() -> None:
@@ -47,11 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
 
-    from genlab.data import build_dataset
-    from genlab.metrics.evaluate import Evaluator
-    from genlab.metrics.settings import EvalSettings
     from genlab.resolve import load_config
-    from genlab.train.checkpoint import build_method_from_checkpoint, weights_description
     from genlab.train.loop import start_training
 
     runs = args.runs or Path(tempfile.mkdtemp(prefix="genlab-gan-quality-"))
@@ -74,11 +70,7 @@ def main() -> None:
                "images": summary["steps"] * cfg.train.batch_size, "train_wall_s": round(wall, 1),
                "images_per_s": summary["images_per_s"], "diverged": diverged}
         if not diverged:
-            method, _, payload = build_method_from_checkpoint(run / "checkpoints" / "last-inference.pt", device)
-            settings = EvalSettings(n=args.n, split="val", inception_weights=args.inception_weights, seed=0)
-            evaluator = Evaluator(build_dataset(cfg.data), cfg.data, settings, device)
-            label = f"{preset} at step {summary['steps']}, {weights_description(payload)}"
-            results, _ = evaluator.score_method(method, metrics, label)
+            _, results = score_run(run, cfg, metrics, args.n, "val", device, args.inception_weights)
             row.update({name: r["value"] for name, r in results.items()})
             row["protocols"] = {name: r["protocol"] for name, r in results.items()}
         if args.grids:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from common import write_result
+from common import score_run, write_result
 
 CPU_REALNVP = "realnvp-cifar10+model.width=16+model.blocks=1+data.num_parts=5"
 CPU_DDPM = ("ddpm-cifar10+model.width=32+model.blocks=1+model.attention=[8]+model.dropout=0.0"
@@ -65,22 +65,16 @@ def train(spec: str, root: Path, minutes: float, runs: Path, device, seed: int):
 
 def score(run: Path, cfg, metrics: list[str], n: int, split: str, device, eval_steps: int | None,
           bound_timesteps: int = 0):
-    from genlab.data import build_dataset
-    from genlab.metrics.evaluate import Evaluator
-    from genlab.metrics.settings import EvalSettings
     from genlab.samplers.diffusion import DDIMOptions
-    from genlab.train.checkpoint import build_method_from_checkpoint, weights_description
 
-    method, _, payload = build_method_from_checkpoint(run / "checkpoints" / "last-inference.pt", device)
-    if eval_steps and isinstance(method.sampling, DDIMOptions):
-        method.sampling = DDIMOptions(name="ddim", steps=eval_steps, eta=0.0)
-    if bound_timesteps and hasattr(method.cfg, "bound_timesteps"):
-        method.cfg.bound_timesteps = bound_timesteps  # (stated in the bpd protocol string)
-    settings = EvalSettings(n=n, split=split, seed=0)
-    evaluator = Evaluator(build_dataset(cfg.data), cfg.data, settings, device)
-    label = f"{cfg.name} at step {payload['progress']['step']}, {weights_description(payload)}"
+    def adjust(method):
+        if eval_steps and isinstance(method.sampling, DDIMOptions):
+            method.sampling = DDIMOptions(name="ddim", steps=eval_steps, eta=0.0)
+        if bound_timesteps and hasattr(method.cfg, "bound_timesteps"):
+            method.cfg.bound_timesteps = bound_timesteps  # (stated in the bpd protocol string)
+
     start = time.perf_counter()
-    results, _ = evaluator.score_method(method, metrics, label)
+    method, results = score_run(run, cfg, metrics, n, split, device, adjust=adjust)
     out = {name: r["value"] for name, r in results.items()}
     out["protocols"] = {name: r["protocol"] for name, r in results.items()}
     out["eval_s"] = round(time.perf_counter() - start, 1)

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import math
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -87,8 +88,6 @@ class _StopSignals:
     143 or 130. A second Ctrl-C interrupts at once. Installed only in the main thread."""
 
     def __init__(self):
-        import signal
-
         self.name: str | None = None
         self._previous = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -98,8 +97,6 @@ class _StopSignals:
                 pass
 
     def _handle(self, signum, frame):
-        import signal
-
         if self.name == "SIGINT" and signum == signal.SIGINT:
             raise KeyboardInterrupt  # the second Ctrl-C
         self.name = signal.Signals(signum).name
@@ -117,8 +114,6 @@ class _StopSignals:
         return stop
 
     def restore(self) -> None:
-        import signal
-
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
