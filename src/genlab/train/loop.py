@@ -573,11 +573,18 @@ class Trainer:
                     break
             flush_window(check=False)
             p.elapsed_s = training_time()
-            if stop_reason in ("max_steps", "max_minutes") and main:  # stopped inside an epoch: keep its position
+            if stop_reason in ("max_steps", "max_minutes", "SIGTERM", "SIGINT"):  # inside an epoch: keep its position
+                try:
+                    check_finite()  # (on every rank: a collective under DDP)
+                except _Diverged as diverged:
+                    log.error("non-finite values before the final save near step %d (%s); the last good checkpoint "
+                              "is %s", p.step, diverged.values, checkpoint_path(self.run_dir, "last"))
+                    stop_reason = "non_finite_loss"
+            if stop_reason in ("max_steps", "max_minutes") and main:
                 self._write_grids(f"step-{p.step:07d}", writer)
-                save_last()
+                self._save("last")
             elif stop_reason in ("SIGTERM", "SIGINT"):
-                save_last()
+                self._save("last")
                 log.warning("stopped by %s at step %d; continue with: genlab train --resume %s", stop_reason, p.step,
                             self.run_dir)
         except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training steps
