@@ -152,6 +152,19 @@ class InitConfig:
 
 
 @dataclass
+class AdversaryConfig:
+    """Fine-tune a generator against a frozen deepfake detector (`genlab detect loop`): the generator's
+    own objective plus ``weight`` times softplus(detector logit) of its images, i.e. -log P(real) under
+    the detector, the non-saturating form of "fool the detector". Families with ``accepts_adversary``."""
+
+    detector_run: str | None = None  # a detector run directory (`genlab detect train`); null = off
+    weight: float = 0.1  # weight of the detector term in the generator's loss
+
+    def validate(self, prefix: str = "adversary.") -> None:
+        check_positive(f"{prefix}weight", self.weight)
+
+
+@dataclass
 class Config:
     name: str = "custom"  # preset name; part of the run directory's name
     description: str = ""  # one line shown by `genlab presets`
@@ -160,6 +173,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     init: InitConfig = field(default_factory=InitConfig)
+    adversary: AdversaryConfig = field(default_factory=AdversaryConfig)
     model: Any = None  # the method's own dataclass (VAEConfig, GANConfig, ...)
     sampler: Any = None  # the sampler's own dataclass, with its name (what grids and evaluation sample with)
 

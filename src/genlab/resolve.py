@@ -65,18 +65,23 @@ def resolve_config(raw: dict[str, Any]) -> Config:
         if not isinstance(section, dict):
             raise GenlabError(f"config key '{key}' is a section; set its fields, e.g. {key}.<key>=...")
     model_raw = migrate_renamed(method_cls.config_class, model_raw)
-    sampler_name = sampler_raw.get("name") or method_cls.samplers[0]
-    sampler_name = SAMPLERS.canonical(str(sampler_name))
-    if sampler_name not in method_cls.samplers:
-        raise GenlabError(f"sampler.name={sampler_name}: method {method_cls.name!r} samples with "
-                          f"{', '.join(method_cls.samplers)}")
-    sampler_cls = SAMPLERS.get(sampler_name).options_class
+    sampler_cls = None
+    if method_cls.samplers:
+        sampler_name = sampler_raw.get("name") or method_cls.samplers[0]
+        sampler_name = SAMPLERS.canonical(str(sampler_name))
+        if sampler_name not in method_cls.samplers:
+            raise GenlabError(f"sampler.name={sampler_name}: method {method_cls.name!r} samples with "
+                              f"{', '.join(method_cls.samplers)}")
+        sampler_cls = SAMPLERS.get(sampler_name).options_class
+    elif sampler_raw:
+        raise GenlabError(f"sampler.{next(iter(sampler_raw))}: method {method_cls.name!r} makes no images, so it has no sampler")
     all_keys = ([k for k in _valid_keys(Config) if k not in ("model", "sampler")]
                 + [f"model.{k}" for k in _valid_keys(method_cls.config_class)]
-                + [f"sampler.{k}" for k in _valid_keys(sampler_cls)])
+                + ([f"sampler.{k}" for k in _valid_keys(sampler_cls)] if sampler_cls else []))
     cfg = build_dataclass(Config, raw, "", all_keys)
     cfg.model = build_dataclass(method_cls.config_class, model_raw, "model.", all_keys)
-    cfg.sampler = build_dataclass(sampler_cls, {**sampler_raw, "name": sampler_name}, "sampler.", all_keys)
+    if sampler_cls is not None:
+        cfg.sampler = build_dataclass(sampler_cls, {**sampler_raw, "name": sampler_name}, "sampler.", all_keys)
     validate_config(cfg)
     resolve_init(cfg, method_cls)
     check_abilities(cfg, method_cls)
@@ -191,6 +196,9 @@ def check_abilities(cfg: Config, method_cls) -> None:
         if cfg.eval.every == 0 or metric not in cfg.eval.metrics:
             raise GenlabError(f"train.monitor={train.monitor} needs eval.every > 0 and {metric} in eval.metrics "
                               f"(now every={cfg.eval.every}, metrics={cfg.eval.metrics})")
+    if cfg.adversary.detector_run is not None and not method_cls.accepts_adversary:
+        raise GenlabError(f"adversary.detector_run: method {method_cls.name!r} cannot be fine-tuned against a detector "
+                          "(families that can: those with accepts_adversary, e.g. gan and vae)")
     if train.ema_decay > 0 and not method_cls.ema_targets:
         raise GenlabError(f"train.ema_decay={train.ema_decay}: method {method_cls.name!r} names no networks to average "
                           "(its ema_targets is empty)")

@@ -40,11 +40,13 @@ class Method:
     has_validation_loss: ClassVar[bool] = False  # validation_step(...)["loss"]: early stopping on val_loss, best.pt
     has_validation_step: ClassVar[bool] = False  # validation_step gives held-out losses to log (implied by the above)
     latent_kind: ClassVar[str] = "flat"  # what generate(z) takes: flat (N, D) | image (N, C, H, W) | none
-    samplers: ClassVar[tuple[str, ...]] = ("latent",)  # samplers it supports; the first is its default
+    samplers: ClassVar[tuple[str, ...]] = ("latent",)  # samplers it supports; the first is its default; () = makes no images
     ema_targets: ClassVar[tuple[str, ...]] = ()  # networks (names in networks()) averaged when train.ema_decay > 0
     # init.from_run: which of its networks start from which network of the other run ({own: other});
     # empty = every network whose name both families share
     init_networks: ClassVar[dict[str, str]] = {}
+    # adversary.detector_run: the generator's loss can take adversary_loss(images) of a frozen detector
+    accepts_adversary: ClassVar[bool] = False
 
     @classmethod
     def check_config(cls, cfg: Any) -> None:
@@ -62,7 +64,11 @@ class Method:
         self.image_shape = tuple(image_shape)
         self.device = device
         self.stepper = Stepper(self.networks)  # backward, scaler, clipping, accumulation: see methods/step.py
-        self.sampling: SamplerOptions = default_options(self.samplers[0])  # the config's `sampler` section
+        # the config's `sampler` section (None for a family that makes no images: a detector)
+        # set by genlab.detect.adversary.attach_adversary when adversary.detector_run is set; never
+        # one of networks(): it is neither trained, nor checkpointed, nor wrapped for DDP
+        self.adversary = None
+        self.sampling: SamplerOptions | None = default_options(self.samplers[0]) if self.samplers else None
 
     # -- what a family defines ------------------------------------------------------------------
     def networks(self) -> dict[str, nn.Module]:
@@ -136,6 +142,11 @@ class Method:
                 raise GenlabError(f"init.from_run={source}: its {their!r} does not fit this {mine!r}: {first}") from e
             copied.append(f"{mine} <- {their}")
         return copied
+
+    def adversary_loss(self, images: torch.Tensor) -> torch.Tensor | None:
+        """The frozen detector's term for generated ``images`` in [-1, 1] (None without one): a family
+        with ``accepts_adversary`` adds it to its generator's loss."""
+        return None if self.adversary is None else self.adversary(images)
 
     def extra_state(self) -> dict[str, Any]:
         """Any further training state a family keeps (counters, running statistics), checkpointed."""

@@ -96,6 +96,7 @@ class GANMethod(Method):
     config_class = GANConfig
     has_validation_step = True  # D's and G's losses on held-out reals and fresh fakes (no early stopping on them)
     ema_targets = ("generator",)
+    accepts_adversary = True  # the generator's loss also takes a frozen detector's (`genlab detect loop`)
 
     def __init__(self, cfg: GANConfig, image_shape: tuple[int, int, int], device: torch.device):
         super().__init__(cfg, image_shape, device)
@@ -213,11 +214,18 @@ class GANMethod(Method):
             if sigma:
                 images = images + sigma * noise_fake[i]
             with frozen(plain_d):
-                return self.objective.g_loss(self.discriminate(images, plain_d)).mean()
+                loss = self.objective.g_loss(self.discriminate(images, plain_d)).mean()
+            adversary = self.adversary_loss(images)
+            if adversary is None:
+                return loss
+            # fine-tuning against a frozen deepfake detector (`genlab detect loop`): loss_g stays the GAN term
+            return {"loss": loss + adversary, "gan": loss, "adversary": adversary}
 
         g = self.stepper.minimize(self.opt_g, g_objective, fake if single else z, index,
                                   clip=cfg.g_optim.grad_clip, agc=cfg.g_optim.agc)
-        stats["loss_g"] = g["loss"]
+        stats["loss_g"] = g.get("gan", g["loss"])
+        if "adversary" in g:
+            stats["loss_adversary"] = g["adversary"]
         return stats
 
     @torch.no_grad()

@@ -60,6 +60,7 @@ class VAEMethod(Method):
     has_likelihood = True
     has_validation_loss = True
     ema_targets = ("encoder", "decoder")
+    accepts_adversary = True  # decoded prior samples also minimise a frozen detector's loss (`genlab detect loop`)
 
     def __init__(self, cfg: VAEConfig, image_shape: tuple[int, int, int], device: torch.device):
         super().__init__(cfg, image_shape, device)
@@ -122,11 +123,24 @@ class VAEMethod(Method):
         loss = recon + beta * self.cfg.kl_weight * kl
         return {"loss": loss.mean(), "recon": recon.mean(), "kl": kl.mean()}
 
+    def _adversarial_losses(self, x, noise, prior, beta):
+        """The VAE's losses plus the frozen detector's term on decoded prior samples: what `genlab
+        detect loop` fine-tunes, since prior samples are what the VAE generates."""
+        out = self._losses(x, noise, beta)
+        out["adversary"] = self.adversary_loss(self.generate(prior))
+        out["loss"] = out["loss"] + out["adversary"]
+        return out
+
     def train_step(self, x, step):
         noise = torch.randn(x.shape[0], self.cfg.latent_dim, device=x.device)  # for the whole batch, before any split
         beta = self.kl_beta(step)
-        stats = self.stepper.minimize(self.opt, lambda x, noise: self._losses(x, noise, beta), x, noise,
-                                      clip=self.cfg.optim.grad_clip, agc=self.cfg.optim.agc)
+        if self.adversary is not None:
+            prior = torch.randn(x.shape[0], self.cfg.latent_dim, device=x.device)
+            stats = self.stepper.minimize(self.opt, lambda x, noise, prior: self._adversarial_losses(x, noise, prior, beta),
+                                          x, noise, prior, clip=self.cfg.optim.grad_clip, agc=self.cfg.optim.agc)
+        else:
+            stats = self.stepper.minimize(self.opt, lambda x, noise: self._losses(x, noise, beta), x, noise,
+                                          clip=self.cfg.optim.grad_clip, agc=self.cfg.optim.agc)
         if self.cfg.kl_cycle_steps:
             stats["kl_beta"] = torch.tensor(beta)
         return stats

@@ -59,7 +59,7 @@ def parse_metrics(text: str | list[str]) -> list[str]:
 
 def abilities(method_cls) -> set[str]:
     """What a family declares it can do, in the words of MetricSpec.needs."""
-    have = {"samples"}
+    have = {"samples"} if method_cls.samplers else set()
     if method_cls.has_encoder:
         have.add("encoder")
     if method_cls.has_likelihood:

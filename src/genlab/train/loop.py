@@ -28,6 +28,7 @@ from genlab.data import ImageSplits, build_dataset, to_model_range, to_uint8
 from genlab.data.augment import BatchAugment
 from genlab.errors import GenlabError
 from genlab.io import atomic_write
+from genlab.detect.adversary import attach_adversary
 from genlab.methods import METHODS, build_method
 from genlab.methods.base import Method
 from genlab.metrics.table import HIGHER_IS_BETTER
@@ -328,6 +329,8 @@ class Trainer:
             self._write_grids_eval(tag, writer)
 
     def _write_grids_eval(self, tag: str, writer: StatsWriter) -> None:
+        if not self.method.samplers:  # a family that makes no images (a detector) has no grids
+            return
         samples = self.method.sample(self.cfg.train.num_samples, self.cfg.train.sample_seed)
         grid = image_grid(samples)
         save_grid(grid, self.run_dir / "samples" / f"{tag}.png")
@@ -678,6 +681,7 @@ def start_training(cfg: Config, runs_root: Path, device: torch.device, quiet: bo
         check_run(cfg, data, info)
         seed_everything(cfg.train.seed)  # the same initialisation on every rank
         method = build_method(cfg, data.image_shape, device)
+        attach_adversary(method, cfg, data.image_shape, device)
         if cfg.init.from_run is not None:
             initialise_from_run(method, cfg, data, device)
         method.prepare(data.train)
@@ -740,6 +744,7 @@ def resume_training(run_dir: Path, overrides: list[str], device: torch.device, q
                           f"but data now gives {list(data.image_shape)}")
     method = build_method(cfg, data.image_shape, device)
     method.load_state_dict(payload["state"], source=str(last))
+    attach_adversary(method, cfg, data.image_shape, device)  # its detector run must still be there
     if cfg.train.ema_decay > 0 and not payload.get("ema"):
         raise GenlabError(f"{last} holds no EMA state although its config sets train.ema_decay")
     progress = Progress(**payload["progress"])
