@@ -66,3 +66,36 @@ def only_run(runs: Path) -> Path:
     dirs = sorted(p for p in runs.iterdir() if p.is_dir())
     assert len(dirs) == 1, dirs
     return dirs[0]
+
+
+# CI sets this too: there a missing Chromium fails the browser test instead of skipping it.
+REQUIRE_BROWSER = os.environ.get("GENLAB_REQUIRE_BROWSER", "") not in ("", "0")
+
+
+@pytest.fixture
+def browser():
+    """Headless Chromium (Debian's chromium and chromium-driver) through Selenium, with the browser
+    console log kept. Skipped with its reason where they are not installed; CI requires them."""
+    import shutil
+
+    binary = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+    driver_path = shutil.which("chromedriver")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.options import Options
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        binary = None
+    if binary is None or driver_path is None:
+        reason = "headless Chromium not found (apt install chromium chromium-driver; pip install selenium)"
+        if REQUIRE_BROWSER:
+            pytest.fail(f"{reason}; GENLAB_REQUIRE_BROWSER is set, so it is required")
+        pytest.skip(reason)
+    options = Options()
+    options.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1300,2000"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    yield driver
+    driver.quit()

@@ -239,3 +239,19 @@ def test_detect_refuses_bad_input_with_one_line(tmp_path, generators, cli, monke
     assert code == 2 and "no such run directory or .npz file" in err
     code, _, err = cli("detect", "eval", tmp_path / "det", "--fake", gan, "--real", "digits", "data.size=32")
     assert code == 2 and "takes images of shape [1, 16, 16]" in err
+
+
+@pytest.mark.parametrize("arch", ["cnn", "resnet18"])
+def test_each_detector_architecture_gives_one_logit_per_image_and_learns(arch, generators):
+    from genlab.models import DETECTOR_ARCHS
+
+    with torch.no_grad():
+        net = DETECTOR_ARCHS.get(arch)((3, 32, 32), 8).eval()
+        assert net(torch.zeros(2, 3, 32, 32)).shape == (2,)
+    cfg = bench.detector_config("digits", [str(generators["gan"])], DIGITS + [f"model.arch={arch}"])
+    method = build_method(cfg, (1, 16, 16), CPU)
+    method.draw_pools()
+    torch.manual_seed(0)
+    x = torch.rand(8, 1, 16, 16) * 2 - 1
+    losses = [method.run_step(x, step)["loss"].item() for step in range(4)]
+    assert losses[-1] < losses[0]

@@ -1,4 +1,5 @@
-"""The ``genlab`` command: train | sample | reconstruct | eval | data | detect | presets.
+"""The ``genlab`` command: train | sample | reconstruct | eval | analyze | summary | report | sweep |
+data | detect | presets.
 
 This module parses arguments and prints; the work is done by the library (``genlab.train``,
 ``genlab.metrics``, ``genlab.data``, ``genlab.analysis``). Choices come from the registries that
@@ -91,6 +92,35 @@ Results are added to the run's metrics.json (the latest per metric) and appended
 stats.jsonl (every evaluation), each with its protocol. --json prints only JSON on stdout.
 """
 
+ANALYZE_EXAMPLES = """\
+examples:
+  genlab analyze timeline runs/00001-dcgan-ck-seed001-ckplus48 --epochs 200,1200,2000
+  genlab analyze curves runs/00000-quickstart-digits --smoothing 0.8
+  genlab analyze interpolate runs/00001-dcgan-digits-digits --seeds 3,7 --steps 10
+  genlab analyze interpolate runs/00000-quickstart-digits --images 0,5 --split val
+  genlab analyze variations runs/00001-dcgan-digits-digits --seed 4 --scale 0.3
+  genlab analyze traversal runs/00000-quickstart-digits --dims 8
+
+Each writes RUN_DIR/analysis/NAME.png and NAME.json (the numbers and settings).
+"""
+
+REPORT_EXAMPLES = """\
+examples:
+  genlab report runs/00000-quickstart-digits --out quickstart.html
+  genlab report runs/00003-vae-celeba64-seed002-celeba runs/00004-dcgan-celeba64-celeba --out vae-vs-gan.html
+  genlab report sweeps/vae-kl-seed004 --out kl-sweep.html
+  genlab report detect-matrix --out detectors.html
+
+The page is one file: images are embedded, nothing is fetched; open it in any browser.
+"""
+
+SUMMARY_EXAMPLES = """\
+examples:
+  genlab summary dcgan-celeba64
+  genlab summary vae-celeba64-seed002 data.size=32 model.widths=[64,128,256]
+  genlab summary runs/00000-quickstart-digits --json
+"""
+
 DETECT_EXAMPLES = """\
 examples:
   genlab detect train --real celeba --root ../shared/data/celeba --fake runs/00003-dcgan-celeba32 train.epochs=3
@@ -157,7 +187,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("run", type=Path, metavar="RUN_DIR", help="run directory, or a checkpoint file")
     p.add_argument("overrides", nargs="*", metavar="sampler.key=value", help="sampler settings (default: the run's)")
     p.add_argument("--n", type=int, default=64, help="number of images (default: 64)")
-    p.add_argument("--out", type=Path, default=Path("samples.png"), help=".png grid or .npz array (default: samples.png)")
+    p.add_argument("--out", default="samples.png",  # a str: Path would drop the trailing / of a folder
+                   help=".png grid, .npz array, or a folder (DIR/) of numbered PNGs, one per seed (default: samples.png)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image (default: 0)")
     p.add_argument("--checkpoint", choices=CHECKPOINTS, default="last", help="which checkpoint of a run (default: last)")
     p.add_argument("--raw-weights", "--no-ema", action="store_true", help="the last iterate instead of the EMA weights")
@@ -170,7 +201,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                        epilog=RECONSTRUCT_EXAMPLES, formatter_class=fmt)
     p.add_argument("run", type=Path, metavar="RUN_DIR", help="run directory, or a checkpoint file")
     p.add_argument("--n", type=int, default=16, help="number of images (default: 16)")
-    p.add_argument("--out", type=Path, default=Path("reconstructions.png"), help="output grid (default: reconstructions.png)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="also write the grid here (always: RUN_DIR/analysis/reconstructions-SPLIT.png and .json)")
     p.add_argument("--split", choices=("val", "test", "train"), default="val", help="which split (default: val)")
     p.add_argument("--random", action="store_true", help="a seeded random choice of images instead of the first --n")
     p.add_argument("--seed", type=int, default=0, help="seed of --random (default: 0)")
@@ -234,6 +266,60 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     q.add_argument("dataset", choices=sorted(DOWNLOADS))
     q.add_argument("--root", type=Path, required=True, help="folder to download into")
     _common(q, device=False)
+
+    p = sub.add_parser("analyze", help="analyses of a run: timeline, curves, interpolate, variations, traversal",
+                       description="Analyses of a trained run; each writes RUN_DIR/analysis/NAME.png and NAME.json.",
+                       epilog=ANALYZE_EXAMPLES, formatter_class=fmt)
+    analyze_sub = p.add_subparsers(dest="analyze_command", metavar="ANALYSIS", required=True)
+    texts = {"timeline": "chosen epochs' sample grids side by side (from the grids the run wrote)",
+             "curves": "every logged scalar over steps, raw and smoothed, with validation points",
+             "interpolate": "a path between two seeds (slerp) or two real images (linear)",
+             "variations": "one sample and small latent perturbations of it",
+             "traversal": "one row per latent dimension, highest mean KL first (vae)"}
+    for action, text in texts.items():
+        q = analyze_sub.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".",
+                                   epilog=ANALYZE_EXAMPLES, formatter_class=fmt)
+        q.add_argument("run", type=Path, metavar="RUN_DIR")
+        if action == "timeline":
+            q.add_argument("--epochs", default=None, help="comma-separated epochs (default: up to 6, evenly spread)")
+            q.add_argument("--kind", choices=("samples", "reconstructions"), default="samples")
+        if action == "curves":
+            q.add_argument("--smoothing", type=float, default=0.6, help="TensorBoard-style EMA weight (default 0.6)")
+        if action == "interpolate":
+            q.add_argument("--seeds", default=None, metavar="A,B", help="two seeds (prior latents, slerp)")
+            q.add_argument("--images", default=None, metavar="I,J", help="two real images of --split (encoded, linear)")
+            q.add_argument("--split", choices=("train", "val", "test"), default=None)
+            q.add_argument("--steps", type=int, default=10)
+        if action == "variations":
+            q.add_argument("--seed", type=int, default=0)
+            q.add_argument("--n", type=int, default=15, help="variations (default 15)")
+            q.add_argument("--scale", type=float, default=0.3, help="std of the latent perturbation (default 0.3)")
+        if action == "traversal":
+            q.add_argument("--dims", type=int, default=10, help="rows: the dimensions with the highest mean KL")
+            q.add_argument("--image", type=int, default=0, help="index of the held-out image whose code is varied")
+            q.add_argument("--split", choices=("train", "val", "test"), default=None)
+            q.add_argument("--span", type=float, default=3.0, help="values from -span to +span (default 3)")
+            q.add_argument("--steps", type=int, default=9)
+        if action in ("interpolate", "variations", "traversal"):
+            q.add_argument("--checkpoint", choices=CHECKPOINTS, default="last")
+        _common(q, device=action in ("interpolate", "variations", "traversal"))
+
+    p = sub.add_parser("summary", help="layers, output shapes, parameters and multiply-adds of a preset's or run's networks",
+                       description="Each network's layers, output shapes, parameters and multiply-adds per image (torchinfo).",
+                       epilog=SUMMARY_EXAMPLES, formatter_class=fmt)
+    p.add_argument("target", metavar="PRESET|RUN_DIR")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (a preset only)")
+    p.add_argument("--json", action="store_true", help="print only the numbers, as JSON")
+    _common(p)
+
+    p = sub.add_parser("report", help="one self-contained HTML page for runs, sweeps and detector matrices",
+                       description="Write one self-contained HTML report (images embedded) for runs side by side, "
+                                   "sweeps and detector matrices.", epilog=REPORT_EXAMPLES, formatter_class=fmt)
+    p.add_argument("paths", nargs="+", type=Path, metavar="RUN_DIR|SWEEP_DIR|MATRIX_DIR")
+    p.add_argument("--out", type=Path, default=Path("report.html"), help="the HTML file (default: report.html)")
+    p.add_argument("--title", default=None)
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    _common(p, device=False)
 
     p = sub.add_parser("detect", help="deepfake-detector benchmark: train, evaluate, cross-generator matrix, adversarial loop",
                        description="Train real-vs-generated detectors on genlab's generators and benchmark them.",
@@ -419,13 +505,31 @@ def cmd_sample(args) -> int:
 
     _positive("--n", args.n)
     _positive("--batch-size", args.batch_size)
-    _check_output(args.out, args.force, (".png", ".npz"))
+    folder = args.out.endswith(("/", os.sep)) or Path(args.out).is_dir()
+    args.out = Path(args.out)
+    if folder:
+        taken = sorted(args.out.glob("*.png")) if args.out.is_dir() else []
+        if taken and not args.force:
+            raise GenlabError(f"--out {args.out} already holds {len(taken)} PNG files; pass --force to overwrite them")
+        if not args.out.parent.exists():
+            raise GenlabError(f"--out {args.out}: folder {args.out.parent} does not exist")
+    else:
+        _check_output(args.out, args.force, (".png", ".npz"))
     device = resolve_device(args.device)
     path, method, cfg, payload = _load_model(args, device)
     if args.overrides:
         method.sampling = with_sampler_overrides(cfg, args.overrides).sampler
     images = method.sample(args.n, args.seed, batch_size=args.batch_size)
-    if args.out.suffix.lower() == ".npz":
+    if folder:  # seed 004's test output: one PNG per image, named by its seed
+        from torchvision.utils import save_image
+
+        from genlab.io import atomic_write
+
+        args.out.mkdir(exist_ok=True)
+        for i, image in enumerate(images):
+            atomic_write(args.out / f"{args.seed + i:06d}.png",
+                         lambda tmp, image=image: save_image(image.float() / 255, tmp, format="png"), "image")
+    elif args.out.suffix.lower() == ".npz":
         np.savez_compressed(args.out, images=images.numpy(), seeds=np.arange(args.seed, args.seed + args.n))
     else:
         save_grid(image_grid(images), args.out)
@@ -435,27 +539,23 @@ def cmd_sample(args) -> int:
 
 
 def cmd_reconstruct(args) -> int:
-    from genlab.analysis.reconstruct import UNITS, pick_images, reconstruct_with_metrics
-    from genlab.data import build_dataset
+    from genlab.analysis import commands
+    from genlab.analysis.reconstruct import UNITS
     from genlab.train.loop import resolve_device
-    from genlab.train.rundir import pair_grid, save_grid
 
     _positive("--n", args.n)
-    _check_output(args.out, args.force, (".png",))
+    if args.out is not None:
+        _check_output(args.out, args.force, (".png",))
+    elif not args.run.is_dir():
+        raise GenlabError(f"{args.run} is a checkpoint file: give --out for the grid (a run directory keeps it in analysis/)")
     device = resolve_device(args.device)
-    path, method, cfg, _ = _load_model(args, device)
-    if not method.has_encoder:
-        raise GenlabError(f"{path} is a {cfg.method!r} model, which has no encoder; reconstruct needs one (e.g. vae)")
-    data = build_dataset(cfg.data)
-    originals, index = pick_images(data, args.split, args.n, args.seed if args.random else None)
-    recon, metrics = reconstruct_with_metrics(method, originals, device)
-    save_grid(pair_grid(originals, recon), args.out)
+    written, m = commands.reconstructions(args.run, device, args.n, args.split, args.seed if args.random else None,
+                                          args.checkpoint, args.raw_weights, args.out)
     print(f"{args.split} image    mse        psnr (dB)  ssim     [{UNITS}]")
-    for row, i in enumerate(index):
-        print(f"{i:9d}  {metrics['mse'][row].item():.6f}  {metrics['psnr'][row].item():9.3f}  {metrics['ssim'][row].item():.4f}")
-    print(f"     mean  {metrics['mse'].mean().item():.6f}  {metrics['psnr'].mean().item():9.3f}  "
-          f"{metrics['ssim'].mean().item():.4f}")
-    log.info("wrote %d reconstructions to %s", len(originals), args.out)
+    for row, i in enumerate(m["images"]):
+        print(f"{i:9d}  {m['mse'][row]:.6f}  {m['psnr'][row]:9.3f}  {m['ssim'][row]:.4f}")
+    print(f"     mean  {m['mean']['mse']:.6f}  {m['mean']['psnr']:9.3f}  {m['mean']['ssim']:.4f}")
+    log.info("wrote %d reconstructions to %s", len(m["images"]), " and ".join(str(p) for p in (written, args.out) if p))
     return 0
 
 
@@ -576,6 +676,73 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_analyze(args) -> int:
+    from genlab.analysis import commands
+
+    def pair(text, name):
+        try:
+            a, b = (int(v) for v in text.split(","))
+        except ValueError:
+            raise GenlabError(f"{name} takes two comma-separated integers, got {text!r}") from None
+        return a, b
+
+    action = args.analyze_command
+    if action == "timeline":
+        epochs = [int(e) for e in args.epochs.split(",")] if args.epochs else None
+        path, numbers = commands.timeline(args.run, epochs, args.kind)
+        print(f"epochs {', '.join(map(str, numbers['epochs']))}")
+    elif action == "curves":
+        path, numbers = commands.curves(args.run, args.smoothing)
+        for name, runs in numbers["quantities"].items():
+            (values,) = runs.values()
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items() if k != "steps")
+            print(f"{name:<24} {shown}")
+    else:
+        from genlab.train.loop import resolve_device
+
+        device = resolve_device(args.device)
+        if action == "interpolate":
+            path, numbers = commands.interpolation(args.run, device, pair(args.seeds, "--seeds") if args.seeds else None,
+                                                   pair(args.images, "--images") if args.images else None, args.split,
+                                                   args.steps, args.checkpoint)
+        elif action == "variations":
+            path, numbers = commands.variations(args.run, device, args.seed, args.n, args.scale, args.checkpoint)
+            print(f"mean RMS pixel distance from the sample (0-255): {numbers['mean_rms_pixel_distance_0_255']}")
+        else:
+            path, numbers = commands.traversal(args.run, device, args.dims, args.image, args.split, args.span,
+                                               args.steps, checkpoint=args.checkpoint)
+            print("rows (dimension: mean KL, nats): " + ", ".join(
+                f"{d}: {k:.3g}" for d, k in zip(numbers["rows_dimensions"], numbers["rows_mean_kl_nats"])))
+    print(f"wrote {path} and {path.with_suffix('.json')}")
+    return 0
+
+
+def cmd_summary(args) -> int:
+    import json
+
+    from genlab.analysis import commands
+    from genlab.train.loop import resolve_device
+
+    text, numbers, written = commands.summary(args.target, resolve_device(args.device), args.overrides)
+    if args.json:
+        print(json.dumps(numbers, indent=2))
+        return 0
+    print(text)
+    for name, n in numbers["networks"].items():
+        print(f"{name}: {n['parameters']:,} parameters, {n['mult_adds_per_image']:,} multiply-adds per image")
+    if written:
+        log.info("wrote %s", written)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from genlab.report import write_report
+
+    out = write_report(args.paths, args.out, args.force, args.title)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); open it in a browser")
+    return 0
+
+
 def cmd_detect(args) -> int:
     import json
 
@@ -643,7 +810,7 @@ def cmd_presets(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "reconstruct": cmd_reconstruct, "eval": cmd_eval, "data": cmd_data,
-            "detect": cmd_detect, "presets": cmd_presets}
+            "analyze": cmd_analyze, "summary": cmd_summary, "report": cmd_report, "detect": cmd_detect, "presets": cmd_presets}
 
 
 def _command_in(argv: list[str]) -> str | None:

@@ -143,6 +143,12 @@ class Method:
             copied.append(f"{mine} <- {their}")
         return copied
 
+    def example_inputs(self) -> dict[str, tuple[torch.Tensor, ...]]:
+        """One example input per network, for `genlab summary` (torchinfo): a batch of one image by
+        default; a family whose network takes a latent or a timestep says so."""
+        image = torch.zeros(1, *self.image_shape, device=self.device)
+        return {name: (image,) for name in self.networks()}
+
     def adversary_loss(self, images: torch.Tensor) -> torch.Tensor | None:
         """The frozen detector's term for generated ``images`` in [-1, 1] (None without one): a family
         with ``accepts_adversary`` adds it to its generator's loss."""

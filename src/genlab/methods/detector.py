@@ -35,7 +35,7 @@ def _detector_optim() -> OptimConfig:
 @dataclass
 class DetectorConfig:
     arch: str = "cnn"  # classifier (genlab.models.DETECTOR_ARCHS): cnn (small, fast) | resnet18 (from scratch)
-    width: int = 32  # cnn: channels of its first layer (doubling per stride-2 step)
+    width: int = 32  # cnn: channels of its first layer (doubling per stride-2 step); resnet18 keeps torchvision's
     fakes: list[str] = field(default_factory=list)  # generator run directories or .npz files to detect
     fake_n: int = 4096  # training fakes per generator (seeds fake_seed .. fake_seed + fake_n - 1)
     fake_seed: int = 0  # first seed of the training fakes (validation and evaluation use other seeds)

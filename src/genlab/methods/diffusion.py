@@ -91,6 +91,14 @@ class _DiffusionBase(Method):
     def schedulers(self):
         return {"denoiser": self.sched}
 
+    def example_inputs(self):
+        inputs = super().example_inputs()
+        t = torch.zeros(1, dtype=torch.long, device=self.device)
+        inputs["denoiser"] = (torch.zeros(1, *self.diffusion_shape(), device=self.device), t)
+        if "first_decoder" in inputs:
+            inputs["first_decoder"] = (torch.zeros(1, *self.latent_shape(), device=self.device),)
+        return inputs
+
     def denoise(self, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.denoiser(xt, t)
 

@@ -125,6 +125,9 @@ class GANMethod(Method):
     def latent_shape(self):
         return (self.cfg.latent_dim,)
 
+    def example_inputs(self):
+        return {**super().example_inputs(), "generator": (torch.zeros(1, self.cfg.latent_dim, device=self.device),)}
+
     def discriminate(self, images: torch.Tensor, discriminator=None) -> torch.Tensor:
         """D's outputs, after DiffAugment when configured: the same random augmentation family for real
         and generated images (Zhao et al. 2020, eq. 4-5), differentiable so G learns through it."""

@@ -79,6 +79,9 @@ class VAEMethod(Method):
     def networks(self):
         return {"encoder": self.encoder, "decoder": self.decoder}
 
+    def example_inputs(self):
+        return {**super().example_inputs(), "decoder": (torch.zeros(1, self.cfg.latent_dim, device=self.device),)}
+
     def optimizers(self):
         return {"adam": self.opt}  # (the key predates AdamW and RMSprop; kept so old checkpoints load)
 

@@ -51,9 +51,7 @@ class ResNet18Detector(nn.Module):
         from torchvision.models import resnet18
 
         channels = image_shape[0]
-        net = resnet18(weights=None, num_classes=1)
-        if width != 64:  # the stem's width; the residual stages keep torchvision's widths
-            raise ValueError("resnet18 keeps torchvision's widths (model.width=64)")
+        net = resnet18(weights=None, num_classes=1)  # torchvision's widths (model.width is the cnn's)
         net.conv1 = nn.Conv2d(channels, 64, 3, 1, 1, bias=False)
         net.maxpool = nn.Identity()
         self.net = net
