@@ -175,3 +175,13 @@ def test_analysis_commands_from_the_cli(runs, cli, tmp_path):
                                                                      rel_tol=1e-5)
     code, _, err = cli("analyze", "interpolate", runs["vae"])
     assert code == 2 and "give either two seeds" in err
+
+
+def test_a_metric_without_a_reference_compares_its_protocol_without_the_run():
+    a = ("mean MS-SSIM of 2000 random pairs within 2000 samples of vae last-inference.pt at step 320, raw weights "
+         "(seeds 0..1999, sampler latent(temperature=1.0), uint8) ('real': within celeba train split); 3 scales")
+    b = a.replace("vae last-inference.pt at step 320, raw weights", "gan best-inference.pt at step 9, EMA weights (decay 0.999)")
+    c = a.replace("2000 random pairs", "500 random pairs")
+    rows = [{"cells": {"msssim": {"value": 0.3, "protocol": p}}} for p in (a, b, c)]
+    flag_mismatches(rows, ["msssim"])
+    assert "mismatch" not in rows[1]["cells"]["msssim"] and "mismatch" in rows[2]["cells"]["msssim"]

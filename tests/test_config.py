@@ -6,6 +6,7 @@ from genlab.errors import GenlabError
 from genlab.methods.gan import GANConfig
 from genlab.methods.vae import VAEConfig
 from genlab.methods.diffusion import DiffusionConfig, LatentDiffusionConfig
+from genlab.methods.autoencoder import AutoencoderConfig
 from genlab.methods.detector import DetectorConfig
 from genlab.methods.flow import RealNVPConfig
 
@@ -18,7 +19,8 @@ def test_every_shipped_preset_resolves():
         cfg = load_config(name)
         assert cfg.name == name
         expected = {"vae": VAEConfig, "gan": GANConfig, "realnvp": RealNVPConfig, "ddpm": DiffusionConfig,
-                    "latent-ddpm": LatentDiffusionConfig, "detector": DetectorConfig}[cfg.method]
+                    "latent-ddpm": LatentDiffusionConfig, "detector": DetectorConfig,
+                    "autoencoder": AutoencoderConfig}[cfg.method]
         assert type(cfg.model) is expected
         assert load_preset(name)["description"]
 

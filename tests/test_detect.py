@@ -149,6 +149,11 @@ def test_matrix_is_made_of_the_pair_evaluations_it_claims(tmp_path, generators):
             assert result["tpr_at_1pct_fpr"][i][j] == alone["results"][col]["tpr_at_1pct_fpr"]
         assert result["robustness_auc"][row]["clean"] == result["auc"][i][i]
         assert set(result["robustness_auc"][row]) == {"clean", *LAUNDERING}
+    # the matrix is a section of genlab report
+    from genlab.report.build import build_report
+
+    page = build_report([tmp_path / "m"])
+    assert "Detector matrix m" in page and f"{result['auc'][0][1]:.4g}" in page
     # a re-run keeps the finished detectors
     stamp = (tmp_path / "m" / "detectors" / labels[0] / "checkpoints" / "last.pt").stat().st_mtime_ns
     bench.detection_matrix("digits", fakes, tmp_path / "m", CPU, DIGITS, n=60)

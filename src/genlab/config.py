@@ -104,6 +104,7 @@ class TrainConfig:
     grid_every: int = 1  # epochs between sample (and reconstruction) grids; 0 = only when training ends
     num_samples: int = 64  # images in the sample grids
     sample_seed: int = 0  # first seed of the sample grids (image i uses sample_seed + i)
+    report: bool = False  # write RUN_DIR/report.html (genlab report) when training ends
 
 
 @dataclass

@@ -111,6 +111,11 @@ class Method:
         likelihood needs statistics of the training data (a VAE's decoder scale); never the
         evaluated images."""
 
+    def fit_prior(self, train_images: torch.Tensor) -> None:
+        """Called at every epoch end with the uint8 training images, before validation, grids and the
+        checkpoint: a family that samples from a density fitted to the training data refits it here
+        (the autoencoder's Gaussian over codes). The default does nothing."""
+
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] -> reconstructions in [-1, 1] (has_encoder)."""
         raise GenlabError(f"method {self.name!r} has no encoder, so it cannot reconstruct")

@@ -12,9 +12,11 @@ BOTTOM = 4  # side of the smallest feature map, in pixels
 
 
 class ConvEncoder(nn.Module):
-    """x (B, C, S, S) -> mean and log-variance of q(z|x), each (B, latent_dim)."""
+    """x (B, C, S, S) -> mean and log-variance of q(z|x), each (B, latent_dim); with
+    ``variational=False`` (an autoencoder) the code and None."""
 
-    def __init__(self, channels: int, widths: list[int], latent_dim: int, act: str, dropout: float):
+    def __init__(self, channels: int, widths: list[int], latent_dim: int, act: str, dropout: float,
+                 variational: bool = True):
         super().__init__()
         blocks, c_in = [], channels
         for width in widths:
@@ -23,11 +25,11 @@ class ConvEncoder(nn.Module):
         self.features = nn.Sequential(*blocks)
         self.flat_dim = widths[-1] * BOTTOM * BOTTOM
         self.to_mean = nn.Linear(self.flat_dim, latent_dim)
-        self.to_logvar = nn.Linear(self.flat_dim, latent_dim)
+        self.to_logvar = nn.Linear(self.flat_dim, latent_dim) if variational else None
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         h = self.features(x).flatten(1)
-        return self.to_mean(h), self.to_logvar(h)
+        return self.to_mean(h), (self.to_logvar(h) if self.to_logvar is not None else None)
 
 
 class ConvDecoder(nn.Module):

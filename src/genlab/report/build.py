@@ -43,6 +43,19 @@ def figure_uri(fig) -> str:
 
 
 # -- protocols ---------------------------------------------------------------------------------------
+RUN_SPECIFIC = (  # what names the model measured, not how it was measured
+    (re.compile(r"\S+ (?:last|best)(?:-inference)?\.pt at step \d+"), "<checkpoint>"),
+    (re.compile(r"raw weights|EMA weights \(decay [\d.e-]+\)"), "<weights>"),
+    (re.compile(r"sampler \w[\w-]*\([^)]*\)"), "<sampler>"),
+)
+
+
+def without_run(protocol: str) -> str:
+    for pattern, placeholder in RUN_SPECIFIC:
+        protocol = pattern.sub(placeholder, protocol)
+    return protocol
+
+
 def protocol_parts(metric: str, protocol: str) -> dict[str, str]:
     """The parts of a protocol string that must agree for two numbers to be compared: the sample
     count, the real data it was measured against (set, split, count, crop, size) and the feature
@@ -57,7 +70,7 @@ def protocol_parts(metric: str, protocol: str) -> dict[str, str]:
         if " images of " in segment:
             data, _, how = segment.partition("; ")
             return {"data": data.strip(), "estimator": how.strip() if metric == "bpd" else ""}
-    return {"protocol": protocol}
+    return {"protocol": without_run(protocol)}
 
 
 def flag_mismatches(rows: list[dict], metrics: list[str]) -> None:
@@ -116,12 +129,16 @@ def collect_run(run: Path) -> dict:
             analyses.append({"name": png.stem, "image": data_uri(png),
                              "numbers": json.dumps(numbers, indent=1)[:1500] if numbers else ""})
     samples, recons = grids(run, "samples"), grids(run, "reconstructions")
+    # the grid written when a run stopped inside an epoch (max_steps, max_minutes) is step-NNNNNNN.png
+    last = {kind: max((run / kind).glob("*.png"), key=lambda p: p.stat().st_mtime, default=None)
+            for kind in ("samples", "reconstructions")} if run.is_dir() else {}
     data = config.get("data") or {}
     return {
         "name": run.name, "path": str(run), "method": config.get("method", "?"), "preset": config.get("name", "?"),
         "data": f"{data.get('source')} {data.get('size')}x{data.get('size')}, {data.get('channels')} ch",
         "config": config_text, "status": status, "in_progress": train is None or stopped in IN_PROGRESS_STOPS,
         "train": train or {}, "eval": evals, "analyses": analyses, "samples": samples, "reconstructions": recons,
+        "last_samples": last.get("samples"), "last_reconstructions": last.get("reconstructions"),
         "has_stats": (run / "stats.jsonl").is_file(),
     }
 
@@ -138,16 +155,18 @@ def curves_uri(runs: dict[str, Path]) -> tuple[str | None, str]:
 
 def grid_rows(infos: list[dict], kind: str) -> tuple[list[dict], str]:
     """Grids side by side: the epochs every run has (the last three of them), else each run's last."""
-    if not any(info[kind] for info in infos):
+    if not any(info[f"last_{kind}"] for info in infos):
         return [], f"no {kind} grids in {'these runs' if len(infos) > 1 else 'this run'}"
     common = set.intersection(*(set(info[kind]) for info in infos))
     if common:
         epochs = sorted(common)[-3:]
         return [{"label": f"epoch {e}", "cells": [{"run": i["name"], "image": data_uri(i[kind][e])} for i in infos]}
                 for e in epochs], ""
-    cells = [{"run": i["name"], "image": data_uri(i[kind][max(i[kind])]) if i[kind] else None,
-              "note": f"epoch {max(i[kind])}" if i[kind] else f"no {kind} grids"} for i in infos]
-    return [{"label": "last epoch of each (the runs share no epoch)", "cells": cells}], ""
+    cells = [{"run": i["name"], "image": data_uri(i[f"last_{kind}"]) if i[f"last_{kind}"] else None,
+              "note": i[f"last_{kind}"].stem.replace("-", " ") if i[f"last_{kind}"] else f"no {kind} grids"}
+             for i in infos]
+    label = "the last grid of each (the runs share no epoch)" if len(infos) > 1 else "the last grid"
+    return [{"label": label, "cells": cells}], ""
 
 
 # -- other folders -----------------------------------------------------------------------------------
@@ -203,7 +222,8 @@ def build_report(paths: list[Path], title: str | None = None) -> str:
     curves, curves_note = (curves_uri({i["name"]: Path(i["path"]) for i in runs if i["has_stats"]})
                            if any(i["has_stats"] for i in runs) else (None, "no stats.jsonl in these runs"))
     sample_rows, samples_note = grid_rows(runs, "samples") if runs else ([], "")
-    recon_rows, recon_note = grid_rows([i for i in runs if i["reconstructions"]] or runs, "reconstructions") if runs else ([], "")
+    recon_rows, recon_note = (grid_rows([i for i in runs if i["last_reconstructions"]] or runs, "reconstructions")
+                              if runs else ([], ""))
     env = Environment(loader=PackageLoader("genlab", "report/templates"), autoescape=select_autoescape(["html", "j2"]))
     env.filters["num"] = lambda v: "–" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
     template = env.get_template("report.html.j2")

@@ -47,6 +47,13 @@ class EMA:
                 s.copy_(b)
         self.updates += 1
 
+    @torch.no_grad()
+    def copy_buffers(self) -> None:
+        """The live networks' buffers into the averages (after a family refits one: a fitted prior)."""
+        for name, net in self.targets.items():
+            for s, b in zip(self.shadows[name].buffers(), net.buffers()):
+                s.copy_(b)
+
     def to_memory_format(self, memory_format) -> None:
         for shadow in self.shadows.values():
             shadow.to(memory_format=memory_format)

@@ -55,7 +55,7 @@ log = logging.getLogger("genlab")
 # else would make the resumed run a different experiment than the one its directory records.
 RESUMABLE_KEYS = ("train.epochs", "train.max_steps", "train.max_minutes", "train.patience", "train.on_divergence",
                   "train.rollback_lr_factor", "train.max_rollbacks", "train.log_every", "train.checkpoint_every",
-                  "train.grid_every", "train.num_samples",
+                  "train.grid_every", "train.num_samples", "train.report",
                   "train.compile", "train.compile_mode", "train.channels_last")  # speed only: the same computation
 RECONSTRUCTION_IMAGES = 16  # validation images shown beside their reconstructions each epoch
 
@@ -368,6 +368,9 @@ class Trainer:
     def _end_of_epoch(self, writer: StatsWriter, evaluated: dict[str, float], results: dict[str, dict]) -> bool:
         """Validation, early stopping, grids and checkpoints (rank 0); True when training should stop."""
         p, cfg = self.progress, self.cfg.train
+        self.method.fit_prior(self.data.train)  # with the raw weights; the averages get its buffers
+        if self.ema is not None:
+            self.ema.copy_buffers()
         record: dict = {"kind": "epoch", "step": p.step, "epoch": p.epoch}
         if (self.method.has_validation_loss or self.method.has_validation_step) and self.data.val is not None:
             record.update({f"val_{k}": v for k, v in self._validate().items()})
@@ -669,6 +672,16 @@ def initialise_from_run(method: Method, cfg: Config, data: ImageSplits, device: 
              payload["weights_used"], ", ".join(copied))
 
 
+def write_run_report(cfg: Config, run_dir: Path, info: DistInfo) -> None:
+    """train.report: the run's HTML report (genlab report) in RUN_DIR/report.html when training ends."""
+    if not cfg.train.report or not info.is_main:
+        return
+    from genlab.report import write_report
+
+    path = write_report([run_dir], run_dir / "report.html", force=True)
+    log.info("report: %s (open it in a browser)", path)
+
+
 def start_training(cfg: Config, runs_root: Path, device: torch.device, quiet: bool = False,
                    info: DistInfo = SINGLE, run_dir: Path | None = None) -> Path:
     """Load the data, then (only once everything checked out) create the run directory and train:
@@ -707,6 +720,7 @@ def start_training(cfg: Config, runs_root: Path, device: torch.device, quiet: bo
         trainer = Trainer(cfg, run_dir, device, data, method, Progress(), quiet, info)
         _seed_rank(cfg.train.seed, info)
         trainer.fit()
+        write_run_report(cfg, run_dir, info)
     finally:
         if handler is not None:
             log.removeHandler(handler)
@@ -772,6 +786,7 @@ def resume_training(run_dir: Path, overrides: list[str], device: torch.device, q
         trainer = Trainer(cfg, run_dir, device, data, method, progress, quiet, info, ema_state=payload.get("ema"))
         _seed_rank(cfg.train.seed, info, progress.step)
         trainer.fit()
+        write_run_report(cfg, run_dir, info)
     finally:
         if handler is not None:
             log.removeHandler(handler)

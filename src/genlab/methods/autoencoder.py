@@ -1,0 +1,152 @@
+"""A deterministic convolutional autoencoder (seed 003's baseline): the VAE's encoder and decoder
+trained on reconstruction alone.
+
+It has no prior to sample from, so after every epoch it fits one: a Gaussian with full covariance
+to the codes of the training images (the first ``model.prior_images``), kept as buffers of the
+decoder so checkpoints, inference snapshots and EMA carry it. Its latent space, as every family's,
+is then a standard Gaussian: ``generate(z)`` decodes mean + L z (L the Cholesky factor of the
+covariance), and ``encode_latent(x)`` returns the whitened code L^-1 (code - mean), so sampling,
+interpolation and latent diffusion over it work as for a VAE. This is the "fit a density to the
+codes" way of sampling a plain autoencoder (as in Ghosh et al. 2020, "From variational to
+deterministic autoencoders", section 4), with the simplest density.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from genlab.config import OptimConfig, check_choice, check_positive
+from genlab.data.convert import to_model_range
+from genlab.errors import GenlabError
+from genlab.losses.vae import RECONSTRUCTION_LOSSES
+from genlab.methods import METHODS
+from genlab.methods.base import Method, unwrap
+from genlab.methods.step import make_optimizer, make_scheduler
+from genlab.models.blocks import channel_ladder, num_resolution_steps
+from genlab.models.vae import ConvDecoder, ConvEncoder
+
+
+@dataclass
+class AutoencoderConfig:
+    latent_dim: int = 128  # size of the code (seed 003 compares 10 to 2048)
+    widths: list[int] = field(default_factory=list)  # channels per resolution step; [] = 32, 64, ... (cap 512)
+    base_width: int = 32  # first width when `widths` is empty
+    activation: str = "leaky_relu"  # relu | leaky_relu (slope 0.2)
+    dropout: float = 0.0
+    recon_loss: str = "mse"  # mse (through tanh) | bce (through sigmoid)
+    prior_images: int = 10_000  # training images whose codes the sampling Gaussian is fitted to, each epoch
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def validate(self, prefix: str = "model.") -> None:
+        check_positive(f"{prefix}latent_dim", self.latent_dim)
+        check_positive(f"{prefix}base_width", self.base_width)
+        check_positive(f"{prefix}prior_images", self.prior_images)
+        check_choice(f"{prefix}activation", self.activation, ("relu", "leaky_relu"))
+        check_choice(f"{prefix}recon_loss", self.recon_loss, tuple(RECONSTRUCTION_LOSSES))
+        if not 0 <= self.dropout < 1:
+            raise GenlabError(f"config key '{prefix}dropout' must be in [0, 1), got {self.dropout}")
+
+
+def fit_gaussian(codes: torch.Tensor, jitter: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Maximum-likelihood mean and the Cholesky factor of the covariance (divided by N, plus
+    ``jitter`` times the mean variance on the diagonal, so it stays positive definite when there
+    are fewer codes than dimensions), in float64 for the factorisation."""
+    codes = codes.double()
+    mean = codes.mean(0)
+    centred = codes - mean
+    cov = centred.T @ centred / len(codes)
+    cov = cov + jitter * cov.diagonal().mean().clamp(min=1e-12) * torch.eye(len(mean), dtype=cov.dtype, device=cov.device)
+    return mean, torch.linalg.cholesky(cov)
+
+
+@METHODS.register("autoencoder", aliases=("ae",))
+class AutoencoderMethod(Method):
+    name = "autoencoder"
+    config_class = AutoencoderConfig
+    has_encoder = True
+    has_validation_loss = True
+    ema_targets = ("encoder", "decoder")
+
+    def __init__(self, cfg: AutoencoderConfig, image_shape: tuple[int, int, int], device: torch.device):
+        super().__init__(cfg, image_shape, device)
+        channels, size, _ = image_shape
+        steps = num_resolution_steps(size)
+        widths = cfg.widths or channel_ladder(steps, cfg.base_width)
+        if len(widths) != steps:
+            raise GenlabError(f"model.widths has {len(widths)} entries; {size}x{size} images need {steps}")
+        self.encoder = ConvEncoder(channels, widths, cfg.latent_dim, cfg.activation, cfg.dropout,
+                                   variational=False).to(device)
+        self.decoder = ConvDecoder(channels, widths, cfg.latent_dim, cfg.activation, cfg.dropout).to(device)
+        # The sampling Gaussian over codes: buffers of the decoder, so every snapshot carries them.
+        self.decoder.register_buffer("prior_mean", torch.zeros(cfg.latent_dim, device=device))
+        self.decoder.register_buffer("prior_chol", torch.eye(cfg.latent_dim, device=device))
+        self.opt = make_optimizer(cfg.optim, [*self.encoder.parameters(), *self.decoder.parameters()], device)
+        self.sched = make_scheduler(cfg.optim, self.opt)
+        self.recon_loss = RECONSTRUCTION_LOSSES[cfg.recon_loss]
+
+    def networks(self):
+        return {"encoder": self.encoder, "decoder": self.decoder}
+
+    def optimizers(self):
+        return {"adam": self.opt}
+
+    def schedulers(self):
+        return {"lr": self.sched}
+
+    def latent_shape(self):
+        return (self.cfg.latent_dim,)
+
+    def example_inputs(self):
+        return {**super().example_inputs(), "decoder": (torch.zeros(1, self.cfg.latent_dim, device=self.device),)}
+
+    def code(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)[0]
+
+    def decode(self, raw: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(raw) if self.cfg.recon_loss == "mse" else torch.sigmoid(raw) * 2 - 1
+
+    def _losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        raw = self.decoder(self.code(x))
+        out = torch.tanh(raw) if self.cfg.recon_loss == "mse" else raw  # BCE takes logits
+        recon = self.recon_loss(out, x).mean()
+        return {"loss": recon, "recon": recon.detach()}
+
+    def train_step(self, x, step):
+        return self.stepper.minimize(self.opt, self._losses, x, clip=self.cfg.optim.grad_clip, agc=self.cfg.optim.agc)
+
+    @torch.no_grad()
+    def validation_step(self, x, generator):
+        return self._losses(x)
+
+    @torch.no_grad()
+    def fit_prior(self, train_images: torch.Tensor) -> None:
+        """The sampling Gaussian, refitted to the codes of the first ``model.prior_images`` training
+        images (eval mode, the current weights)."""
+        images = train_images[: self.cfg.prior_images]
+        with self.evaluating():
+            codes = torch.cat([self.code(to_model_range(images[i : i + 256].to(self.device))).float()
+                               for i in range(0, len(images), 256)])
+        mean, chol = fit_gaussian(codes)
+        decoder = unwrap(self.decoder)
+        decoder.prior_mean.copy_(mean.float())
+        decoder.prior_chol.copy_(chol.float())
+
+    def prepare(self, train_images):
+        self.fit_prior(train_images)  # so grids before the first epoch end decode codes of the right scale
+
+    def generate(self, z):
+        decoder = unwrap(self.decoder)
+        codes = decoder.prior_mean + z.float() @ decoder.prior_chol.T
+        return self.decode(self.decoder(codes)).float()
+
+    def encode_latent(self, x):
+        """The whitened code L^-1 (code - mean): where generate() maps it back to this image."""
+        decoder = unwrap(self.decoder)
+        centred = (self.code(x).float() - decoder.prior_mean)[:, :, None]
+        return torch.linalg.solve_triangular(decoder.prior_chol, centred, upper=False)[:, :, 0]
+
+    @torch.inference_mode()
+    def reconstruct(self, x):
+        return self.decode(self.decoder(self.code(x))).float()

@@ -1,0 +1,61 @@
+"""The autoencoder family (seed 003's baseline): its Gaussian over codes, consistent latent maps,
+training, save/load and bit-exact resume."""
+
+import torch
+
+from genlab.data.convert import to_model_range
+from genlab.methods import build_method
+from genlab.methods.autoencoder import fit_gaussian
+from genlab.resolve import load_config
+from genlab.train.checkpoint import build_method_from_checkpoint, load_checkpoint
+from genlab.train.loop import resume_training, start_training
+
+CPU = torch.device("cpu")
+
+
+def test_the_gaussian_fit_recovers_a_known_covariance():
+    g = torch.Generator().manual_seed(0)
+    true_mean = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    true_chol = torch.tensor([[1.0, 0, 0], [0.8, 0.6, 0], [-0.3, 0.2, 0.4]], dtype=torch.float64)
+    codes = true_mean + torch.randn(200_000, 3, generator=g, dtype=torch.float64) @ true_chol.T
+    mean, chol = fit_gaussian(codes, jitter=0.0)
+    assert torch.allclose(mean, true_mean, atol=0.01)
+    assert torch.allclose(chol @ chol.T, true_chol @ true_chol.T, atol=0.01)
+    sample_cov = torch.cov(codes.T, correction=0)  # exactly the ML covariance of these codes
+    assert torch.allclose(chol @ chol.T, sample_cov, atol=1e-10)
+    few = torch.randn(3, 8, generator=g, dtype=torch.float64)  # fewer codes than dimensions: still factorisable
+    assert torch.isfinite(fit_gaussian(few)[1]).all()
+
+
+def test_training_fits_the_prior_and_the_latent_maps_agree(tmp_path):
+    run = start_training(load_config("tiny-ae"), tmp_path, CPU, quiet=True)
+    method, cfg, _ = build_method_from_checkpoint(run / "checkpoints" / "last-inference.pt", CPU)
+    from genlab.data import build_dataset
+
+    data = build_dataset(cfg.data)
+    with torch.no_grad(), method.evaluating():
+        codes = torch.cat([method.code(to_model_range(data.train[i:i + 256])) for i in range(0, len(data.train), 256)])
+        mean, chol = fit_gaussian(codes)
+        assert torch.allclose(method.decoder.prior_mean, mean.float(), atol=1e-5)
+        assert torch.allclose(method.decoder.prior_chol, chol.float(), atol=1e-4)
+        x = to_model_range(data.val[:6])
+        assert torch.allclose(method.generate(method.encode_latent(x)), method.reconstruct(x), atol=1e-4)
+    samples = method.sample(8, 0)
+    assert samples.shape == (8, 1, 16, 16) and torch.equal(samples, method.sample(8, 0, batch_size=3))
+
+
+def test_loss_falls_on_a_fixed_batch_and_resume_is_bit_exact(tmp_path):
+    cfg = load_config("tiny-ae")
+    method = build_method(cfg, (1, 16, 16), CPU)
+    torch.manual_seed(0)
+    x = torch.rand(16, 1, 16, 16) * 2 - 1
+    losses = [method.run_step(x, s)["loss"].item() for s in range(15)]
+    assert losses[-1] < 0.7 * losses[0]
+    straight = start_training(load_config("tiny-ae", ["train.epochs=3"]), tmp_path, CPU, quiet=True)
+    split = start_training(load_config("tiny-ae", ["train.max_steps=7", "train.epochs=3"]), tmp_path, CPU, quiet=True)
+    resume_training(split, ["train.max_steps=null"], CPU, quiet=True)
+    a = load_checkpoint(straight / "checkpoints" / "last.pt")["state"]["networks"]
+    b = load_checkpoint(split / "checkpoints" / "last.pt")["state"]["networks"]
+    for net in a:
+        for key in a[net]:
+            assert torch.equal(a[net][key], b[net][key]), f"{net}.{key}"
