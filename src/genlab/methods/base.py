@@ -140,11 +140,17 @@ class Method:
                 missing = f"{mine!r} is not a network of {self.name!r} ({sorted(own)})" if mine not in own else \
                     f"{their!r} is not a network of its {other.name!r} model ({sorted(theirs)})"
                 raise GenlabError(f"init.from_run={source}: {missing}")
-            try:
-                unwrap(own[mine]).load_state_dict(unwrap(theirs[their]).state_dict(), strict=True)
-            except RuntimeError as e:
-                first = str(e).strip().splitlines()[0]
-                raise GenlabError(f"init.from_run={source}: its {their!r} does not fit this {mine!r}: {first}") from e
+            target, state = unwrap(own[mine]).state_dict(), unwrap(theirs[their]).state_dict()
+            missing = [k for k in target if k not in state]
+            unexpected = [k for k in state if k not in target]
+            wrong = [k for k in target if k in state and target[k].shape != state[k].shape]
+            if missing or unexpected or wrong:
+                what = (f"{wrong[0]} is {list(state[wrong[0]].shape)} there and {list(target[wrong[0]].shape)} here"
+                        if wrong else f"{len(missing)} tensors missing there ({', '.join(missing[:3])})" if missing
+                        else f"{len(unexpected)} tensors it has and this one lacks ({', '.join(unexpected[:3])})")
+                raise GenlabError(f"init.from_run={source}: its {their!r} ({other.name}) does not fit this {mine!r} "
+                                  f"({self.name}): {what}")
+            unwrap(own[mine]).load_state_dict(state, strict=True)
             copied.append(f"{mine} <- {their}")
         return copied
 

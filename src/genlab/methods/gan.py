@@ -36,6 +36,7 @@ class GANConfig:
     d_widths: list[int] = field(default_factory=list)  # discriminator channels per step; [] = 64, 128, ...
     base_width: int = 64  # first width when the lists are empty (DCGAN's ngf = ndf = 64)
     g_norm: str = "batch"  # normalisation in G: batch | instance (seed 000) | none
+    g_activation: str = "relu"  # arch vae-decoder: the decoder's activation (a VAE's: leaky_relu by default)
     d_norm: str = "batch"  # normalisation in D: batch | instance | layer | none (no batch norm with a gradient penalty)
     g_spectral_norm: bool = False  # spectral normalisation of every G layer (Zhang et al. 2019 use it in both)
     d_spectral_norm: bool = False  # spectral normalisation of every D layer (Miyato et al. 2018)
@@ -69,6 +70,7 @@ class GANConfig:
                     "label_flip_every", "attention_res"):
             check_positive(f"{prefix}{key}", getattr(self, key), allow_zero=True)
         check_choice(f"{prefix}g_norm", self.g_norm, ("batch", "instance", "none"))
+        check_choice(f"{prefix}g_activation", self.g_activation, ("relu", "leaky_relu"))
         check_choice(f"{prefix}d_norm", self.d_norm, ("batch", "instance", "layer", "none"))
         if self.attention_res and (self.attention_res < 4 or self.attention_res & (self.attention_res - 1)):
             raise GenlabError(f"config key '{prefix}attention_res' must be 0 or a power of two >= 4, got {self.attention_res}")
@@ -124,6 +126,19 @@ class GANMethod(Method):
 
     def latent_shape(self):
         return (self.cfg.latent_dim,)
+
+    def initialise_from(self, other, mapping, source):
+        """With ``model.arch: vae-decoder`` and no ``init.networks``, G starts as the other run's decoder:
+        the unbalanced GAN of Ham et al. (2020), seed 002's "pre-trained with VAE"; D starts fresh."""
+        if not mapping and self.cfg.arch == "vae-decoder" and "decoder" in other.networks():
+            mapping = {"generator": "decoder"}
+        if mapping.get("generator") == "decoder" and self.cfg.arch == "vae-decoder":
+            theirs = other.cfg
+            if getattr(theirs, "recon_loss", "mse") != "mse" or getattr(theirs, "activation", None) != self.cfg.g_activation:
+                raise GenlabError(f"init.from_run={source}: its decoder uses activation {getattr(theirs, 'activation', '?')!r} "
+                                  f"and recon_loss {getattr(theirs, 'recon_loss', '?')!r}; this generator uses "
+                                  f"model.g_activation={self.cfg.g_activation!r} and tanh (recon_loss mse): set them alike")
+        return super().initialise_from(other, mapping, source)
 
     def example_inputs(self):
         return {**super().example_inputs(), "generator": (torch.zeros(1, self.cfg.latent_dim, device=self.device),)}

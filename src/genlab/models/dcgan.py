@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from genlab.errors import GenlabError
 from genlab.models import GAN_ARCHS
+from genlab.models.vae import ConvDecoder
 from genlab.models.blocks import (
     SelfAttention,
     activation,
@@ -122,6 +123,41 @@ def build_dcgan(cfg, image_shape: tuple[int, int, int]) -> tuple[nn.Module, nn.M
     dcgan_init_(discriminator)
     if cfg.g_spectral_norm:
         spectral_norm_all(generator)
+    if cfg.d_spectral_norm:
+        spectral_norm_all(discriminator)
+    return generator, discriminator
+
+
+class VAEDecoderGenerator(ConvDecoder):
+    """A generator that is a VAE's convolutional decoder (the same class, so the same parameter names)
+    followed by tanh: a trained VAE run's decoder loads into it as it is (`init.from_run`), the
+    generator of the unbalanced GAN (Ham et al. 2020). Matches a VAE trained with recon_loss mse,
+    whose images are tanh of the decoder's output."""
+
+    def __init__(self, latent_dim: int, channels: int, widths: list[int], activation: str):
+        super().__init__(channels, widths, latent_dim, activation, 0.0)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(super().forward(z))
+
+
+@GAN_ARCHS.register("vae-decoder")
+def build_vae_decoder_gan(cfg, image_shape: tuple[int, int, int]) -> tuple[nn.Module, nn.Module]:
+    """G: a VAE decoder (widths ``cfg.g_widths``, shallow first, as the VAE's ``widths``; activation
+    ``cfg.g_activation``), to be started from a VAE run; D: DCGAN's discriminator."""
+    channels, size, _ = image_shape
+    steps = num_resolution_steps(size)
+    g_widths = cfg.g_widths or channel_ladder(steps, 32)  # the VAE's default widths
+    d_widths = cfg.d_widths or channel_ladder(steps, cfg.base_width)
+    for key, widths in (("model.g_widths", g_widths), ("model.d_widths", d_widths)):
+        if len(widths) != steps:
+            raise GenlabError(f"{key} has {len(widths)} entries; {size}x{size} images need {steps}")
+    if cfg.attention_res or cfg.g_spectral_norm:
+        raise GenlabError("model.arch=vae-decoder: the generator is a VAE's decoder as it is (no attention_res, "
+                          "no g_spectral_norm)")
+    generator = VAEDecoderGenerator(cfg.latent_dim, channels, g_widths, cfg.g_activation)
+    discriminator = DCGANDiscriminator(channels, d_widths, cfg.d_dropout, cfg.d_norm, 0, size)
+    dcgan_init_(discriminator)
     if cfg.d_spectral_norm:
         spectral_norm_all(discriminator)
     return generator, discriminator
