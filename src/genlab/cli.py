@@ -43,8 +43,8 @@ Overrides are dotted key=value pairs read as YAML (3, 0.5, true, null, [64, 128]
 On --resume only how long a run goes on, how it reports, how fast it runs and what it does on
 divergence may change (train.epochs, train.max_steps, train.max_minutes, train.patience,
 train.on_divergence, train.rollback_lr_factor, train.max_rollbacks, train.log_every,
-train.checkpoint_every, train.grid_every, train.num_samples, train.compile, train.compile_mode,
-train.channels_last).
+train.checkpoint_every, train.grid_every, train.num_samples, train.report, train.compile,
+train.compile_mode, train.channels_last).
 SIGTERM and Ctrl-C finish the step, save and exit with 143 and 130; --resume continues.
 """
 
