@@ -27,6 +27,9 @@ class VAEConfig:
     dropout: float = 0.0  # dropout after every hidden block of encoder and decoder
     recon_loss: str = "mse"  # mse (decoder output through tanh) | bce (through sigmoid)
     kl_weight: float = 1.0  # weight of the KL term; see genlab.losses.vae for the reduction convention
+    decoder_variance: str = "fixed"  # fixed (MSE/BCE + kl_weight * KL) | optimal: sigma-VAE (Rybkin et al. 2021), the
+    #                                  Gaussian NLL with sigma^2 = the batch's MSE, + kl_weight * KL / D (the ELBO per
+    #                                  dimension at kl_weight 1: no hand-set balance)
     kl_cycle_steps: int = 0  # cyclical KL annealing (Fu et al. 2019): cycle length in steps; 0 = off
     kl_cycle_ratio: float = 0.5  # share of each cycle over which the KL weight rises linearly from 0
     logvar_limit: float = 10.0  # |log-variance| of q(z|x) is bounded smoothly by this (0 = unbounded)
@@ -48,6 +51,10 @@ class VAEConfig:
             raise GenlabError(f"config key '{prefix}kl_cycle_ratio' must be in (0, 1], got {self.kl_cycle_ratio}")
         check_choice(f"{prefix}activation", self.activation, ("relu", "leaky_relu"))
         check_choice(f"{prefix}recon_loss", self.recon_loss, tuple(RECONSTRUCTION_LOSSES))
+        check_choice(f"{prefix}decoder_variance", self.decoder_variance, ("fixed", "optimal"))
+        if self.decoder_variance == "optimal" and self.recon_loss != "mse":
+            raise GenlabError(f"{prefix}decoder_variance=optimal is a Gaussian decoder's variance; it needs "
+                              f"{prefix}recon_loss=mse, got {self.recon_loss}")
         if not 0 <= self.dropout < 1:
             raise GenlabError(f"config key '{prefix}dropout' must be in [0, 1), got {self.dropout}")
 
@@ -121,9 +128,19 @@ class VAEMethod(Method):
         z = mean + (0.5 * logvar).exp() * noise  # reparameterisation trick (Kingma & Welling 2014, eq. 4)
         raw = self.decoder(z)
         out = torch.tanh(raw) if self.cfg.recon_loss == "mse" else raw  # BCE loss takes logits
-        recon = self.recon_loss(out, x)
         kl = kl_divergence(mean, logvar)
-        loss = recon + beta * self.cfg.kl_weight * kl
+        if self.cfg.decoder_variance == "optimal":
+            # sigma-VAE (Rybkin et al. 2021, section 3.2): the decoder is N(x^, sigma^2 I) with the
+            # maximum-likelihood sigma^2 = the batch's mean squared error (floored at 1e-6); its
+            # gradient through sigma is zero at the optimum, so it is taken as a constant. Per
+            # dimension: NLL = 0.5 (x - x^)^2 / sigma^2 + log sigma + 0.5 log 2 pi, and KL / D.
+            squared = (out.float() - x.float()).square()
+            var = squared.mean().detach().clamp(min=1e-6)
+            recon = (0.5 * squared / var + 0.5 * torch.log(var) + 0.5 * math.log(2 * math.pi)).flatten(1).mean(1)
+            loss = recon + beta * self.cfg.kl_weight * kl / x[0].numel()
+        else:
+            recon = self.recon_loss(out, x)
+            loss = recon + beta * self.cfg.kl_weight * kl
         return {"loss": loss.mean(), "recon": recon.mean(), "kl": kl.mean()}
 
     def _adversarial_losses(self, x, noise, prior, beta):

@@ -84,6 +84,12 @@ class DCGANDiscriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).flatten()
 
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output and the last hidden layer's activations (B, C, 4, 4): the feature space in which
+        a VAE-GAN measures reconstruction (Larsen et al. 2016, section 2.2)."""
+        features = self.net[:-1](x)
+        return self.net[-1](features).flatten(), features
+
 
 def dcgan_init_(module: nn.Module) -> None:
     """Initialise in place as DCGAN section 4: conv weights ~ N(0, 0.02), normalisation scales ~ N(1, 0.02), bias 0."""

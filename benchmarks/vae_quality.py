@@ -1,0 +1,99 @@
+"""VAE-family quality at an equal budget: every given preset trains on the CelebA subset for the
+same number of epochs, and each is scored the same way: reconstruction PSNR and SSIM of the
+validation split (families with an encoder; `genlab eval --metrics recon`), SWD of N samples
+against the validation split, wall time. One JSON with the machine, the command and a row per
+preset, plus ratios against the reference preset (seed 002's VAE); each run's last sample grid is
+copied to --grids for the README.
+
+On a CPU: 32x32 and a few epochs, about 20 minutes for the default presets; on a GPU: 64x64, 30 epochs.
+
+    python benchmarks/vae_quality.py --root ../shared/data/celeba --size 32 --epochs 3 \\
+        --out benchmarks/results/vae_quality-cpu.json --grids docs/vae
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from common import score_run, write_result
+
+WIDTHS_32 = "model.widths=[64,128,256]"  # the 64x64 presets' last three widths: 32x32 needs three steps
+
+
+def split_specs(text: str) -> list[str]:
+    specs, depth, current = [], 0, ""
+    for ch in text:
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            specs.append(current)
+            current = ""
+        else:
+            current += ch
+    return specs + [current] if current else specs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, required=True, help="the CelebA folder")
+    parser.add_argument("--presets", default=f"vae-celeba64-seed002+{WIDTHS_32},vae-celeba64+{WIDTHS_32},"
+                        f"vaegan-celeba64+{WIDTHS_32}+model.d_widths=[64,128,256]",
+                        help="comma-separated; PRESET+key=value+... adapts a preset")
+    parser.add_argument("--reference", default="vae-celeba64-seed002", help="the preset the others are compared with")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--n", type=int, default=10_000, help="samples for SWD")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--runs", type=Path, default=None)
+    parser.add_argument("--grids", type=Path, default=None)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+
+    from genlab.resolve import load_config
+    from genlab.train.loop import start_training
+
+    runs = args.runs or Path(tempfile.mkdtemp(prefix="genlab-vae-quality-"))
+    rows = []
+    for spec in split_specs(args.presets):
+        preset, *variant = spec.split("+")
+        overrides = [f"data.root={args.root}", f"data.size={args.size}", f"train.epochs={args.epochs}",
+                     "train.patience=null", "train.log_every=50", *variant]
+        cfg = load_config(preset, overrides)
+        print(f"{spec}: {args.epochs} epochs", flush=True)
+        start = time.perf_counter()
+        run = start_training(cfg, runs, device, quiet=True)
+        wall = time.perf_counter() - start
+        summary = json.loads((run / "metrics.json").read_text())["train"]
+        metrics = ["swd", "recon"]
+        _, results = score_run(run, cfg, metrics, args.n, "val", device)
+        row = {"preset": preset, "spec": spec, "family": cfg.method, "overrides": overrides, "steps": summary["steps"],
+               "train_wall_s": round(wall, 1), "stopped_because": summary["stopped_because"],
+               "swd": results["swd"]["value"], "psnr": results["psnr"]["value"], "ssim": results["ssim"]["value"],
+               "mse": results["mse"]["value"], "protocols": {k: r["protocol"] for k, r in results.items()}}
+        rows.append(row)
+        print(f"  swd {row['swd']:.2f} psnr {row['psnr']:.2f} ssim {row['ssim']:.4f} ({wall:.0f} s)", flush=True)
+        if args.grids:
+            grids = sorted((run / "samples").glob("*.png"), key=lambda p: p.stat().st_mtime)
+            if grids:
+                args.grids.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(grids[-1], args.grids / f"{preset}-{args.size}.png")
+    reference = next(r for r in rows if r["preset"] == args.reference)
+    for r in rows:
+        r["psnr_minus_reference_db"] = round(r["psnr"] - reference["psnr"], 3)
+        r["swd_over_reference"] = round(r["swd"] / reference["swd"], 4)
+    write_result(args.out, {"size": args.size, "epochs": args.epochs, "n": args.n, "reference": args.reference,
+                            "rows": rows}, device)
+    for r in rows:
+        print(f"{r['spec']:<70} swd {r['swd']:8.2f} ({r['swd_over_reference']:.2f}x)  psnr {r['psnr']:6.2f} "
+              f"({r['psnr_minus_reference_db']:+.2f} dB)  ssim {r['ssim']:.4f}  {r['train_wall_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
