@@ -185,3 +185,23 @@ def test_a_metric_without_a_reference_compares_its_protocol_without_the_run():
     rows = [{"cells": {"msssim": {"value": 0.3, "protocol": p}}} for p in (a, b, c)]
     flag_mismatches(rows, ["msssim"])
     assert "mismatch" not in rows[1]["cells"]["msssim"] and "mismatch" in rows[2]["cells"]["msssim"]
+
+
+def test_every_command_and_subcommand_prints_its_help(cli):
+    from genlab.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for name, sub in commands.items():
+        code = None
+        try:
+            cli(name, "--help")
+        except SystemExit as e:
+            code = e.code
+        assert code == 0, name
+        nested = [a for a in sub._actions if a.__class__.__name__ == "_SubParsersAction"]
+        for action in (nested[0].choices if nested else []):
+            try:
+                cli(name, action, "--help")
+            except SystemExit as e:
+                assert e.code == 0, f"{name} {action}"

@@ -116,3 +116,89 @@ def test_the_sigma_vae_objective_is_the_gaussian_nll_at_the_optimal_variance():
 
     with pytest.raises(GenlabError, match="decoder_variance=optimal is a Gaussian decoder's variance"):
         load_config("tiny-vae", ["model.decoder_variance=optimal", "model.recon_loss=bce"])
+
+
+# -- seed 000's hybrid: a latent GAN over a frozen VAE ---------------------------------------------------
+def _vae_run(tmp_path):
+    return start_training(load_config("tiny-vae"), tmp_path / "vae", CPU, quiet=True)
+
+
+def test_the_latent_corruption_is_q_zt_given_z0_for_a_linear_schedule():
+    from genlab.methods.latent_gan import LatentGANMethod  # noqa: F401  (the family's process)
+    from genlab.losses.diffusion import GaussianDiffusion
+
+    process = GaussianDiffusion("linear", 1000)
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)  # Ho et al. 2020's linear schedule
+    alpha_bar = torch.cumprod(1 - betas, 0)
+    g = torch.Generator().manual_seed(0)
+    z0, e = torch.randn(6, 16, generator=g), torch.randn(6, 16, generator=g)
+    t = torch.tensor([0, 1, 10, 250, 500, 999])
+    expected = alpha_bar[t].sqrt()[:, None] * z0 + (1 - alpha_bar[t]).sqrt()[:, None] * e
+    assert torch.allclose(process.q_sample(z0, t, e).double(), expected, atol=1e-5)
+    # and its moments: mean sqrt(a_t) z0, variance 1 - a_t
+    many = torch.randn(200_000, 1, generator=g)
+    zt = process.q_sample(torch.full((200_000, 1), 2.0), torch.full((200_000,), 300), many)
+    assert abs(zt.mean().item() - 2 * alpha_bar[300].sqrt().item()) < 0.01
+    assert abs(zt.var().item() - (1 - alpha_bar[300]).item()) < 0.01
+
+
+def test_adaptive_gradient_clipping_follows_its_formula():
+    from genlab.methods.step import adaptive_clip_
+
+    w = torch.nn.Parameter(torch.tensor([[3.0, 4.0], [0.0, 0.0], [1.0, 0.0]]))
+    w.grad = torch.tensor([[30.0, 40.0], [1.0, 0.0], [0.001, 0.0]])
+    adaptive_clip_([w], 0.1, eps=1e-3)
+    # unit 0: |w| 5, |g| 50 > 0.1 * 5 -> scaled to norm 0.5; unit 1: |w| floored at 1e-3 -> norm 1e-4;
+    # unit 2: |g| 0.001 < 0.1 * 1 -> unchanged (Brock et al. 2021, eq. 3)
+    assert torch.allclose(w.grad[0], torch.tensor([0.3, 0.4]))
+    assert torch.allclose(w.grad[1], torch.tensor([1e-4, 0.0]))
+    assert torch.allclose(w.grad[2], torch.tensor([0.001, 0.0]))
+
+
+def test_the_hybrid_trains_keeps_its_vae_frozen_and_resumes_bit_exactly(tmp_path):
+    vae = _vae_run(tmp_path)
+    over = [f"init.from_run={vae}", "train.epochs=3"]
+    straight = start_training(load_config("tiny-hybrid", over), tmp_path / "h", CPU, quiet=True)
+    vae_nets = load_checkpoint(vae / "checkpoints" / "best-inference.pt")["state"]["networks"]
+    nets = load_checkpoint(straight / "checkpoints" / "last.pt")["state"]["networks"]
+    for own, theirs in (("first_encoder", "encoder"), ("first_decoder", "decoder")):
+        assert all(torch.equal(nets[own][k], vae_nets[theirs][k]) for k in vae_nets[theirs]), own
+    split = start_training(load_config("tiny-hybrid", over + ["train.max_steps=7"]), tmp_path / "h", CPU, quiet=True)
+    from genlab.train.loop import resume_training
+
+    resume_training(split, ["train.max_steps=null"], CPU, quiet=True)
+    a, b = (load_checkpoint(r / "checkpoints" / "last.pt") for r in (straight, split))
+    assert all(torch.equal(a["state"]["networks"][n][k], b["state"]["networks"][n][k])
+               for n in a["state"]["networks"] for k in a["state"]["networks"][n])
+    assert a["state"]["extra"] == b["state"]["extra"]
+    model, _, _ = build_method_from_checkpoint(straight / "checkpoints" / "last-inference.pt", CPU)
+    again, _, _ = build_method_from_checkpoint(straight / "checkpoints" / "last-inference.pt", CPU)
+    samples = model.sample(5, 2)
+    assert samples.shape == (5, 1, 16, 16) and torch.equal(samples, again.sample(5, 2, batch_size=2))
+
+
+def test_the_hybrid_discriminator_learns_and_the_noise_level_adapts(tmp_path):
+    from genlab.methods import build_method
+
+    vae = _vae_run(tmp_path)
+    cfg = load_config("tiny-hybrid", [f"init.from_run={vae}", "model.g_optim.lr=1e-9", "model.ada_interval=2",
+                                      "model.ada_step=5"])
+    torch.manual_seed(0)
+    model = build_method(cfg, (1, 16, 16), CPU)
+    other, _, _ = build_method_from_checkpoint(vae / "checkpoints" / "best-inference.pt", CPU)
+    model.initialise_from(other, {}, str(vae))
+    x = torch.rand(16, 1, 16, 16) * 2 - 1
+    model.prepare((x[:, :1].add(1).mul(127.5)).to(torch.uint8))
+    stats = [model.run_step(x, s) for s in range(40)]
+    assert stats[-1]["loss_d"] < stats[0]["loss_d"]  # D separates fixed reals from a (nearly) fixed G
+    # while D is sure of the reals (r_d > 0.6) the noise level rises by ada_step every ada_interval steps
+    assert stats[-1]["r_d"] > 0.6 and stats[-1]["t_max"].item() > 0
+    assert all(s["t_max"].item() % 5 == 0 for s in stats)
+
+
+def test_a_hybrid_without_a_vae_or_over_a_gan_is_refused(tmp_path, cli):
+    code, _, err = cli("train", "tiny-hybrid", "--runs-dir", tmp_path / "runs")
+    assert code == 2 and "set init.from_run=RUN_DIR" in err and not (tmp_path / "runs").exists()
+    gan = start_training(load_config("tiny-dcgan"), tmp_path / "gan", CPU, quiet=True)
+    code, _, err = cli("train", "tiny-hybrid", f"init.from_run={gan}", "--runs-dir", tmp_path / "runs")
+    assert code == 2 and "has no encoder with a flat latent; a latent GAN needs a VAE" in err

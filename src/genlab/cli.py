@@ -362,7 +362,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
              "matrix": "a detector per generator, each tested on every generator: the AUC matrix",
              "loop": "alternate detector training and generator fine-tuning against the frozen detector"}
     for action, text in texts.items():
-        q = detect_sub.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".",
+        q = detect_sub.add_parser(action, help=text.replace("%", "%%"), description=text[0].upper() + text[1:] + ".",
                                   epilog=DETECT_EXAMPLES, formatter_class=fmt)
         if action == "eval":
             q.add_argument("detector", type=Path, metavar="DETECTOR_RUN", help="a detector run directory")

@@ -16,6 +16,6 @@ def build_method(cfg, image_shape: tuple[int, int, int], device):
 
 
 # Importing a family registers it.
-from genlab.methods import autoencoder, detector, diffusion, flow, gan, vae, vaegan  # noqa: E402,F401
+from genlab.methods import autoencoder, detector, diffusion, flow, gan, latent_gan, vae, vaegan  # noqa: E402,F401
 
 __all__ = ["METHODS", "build_method"]

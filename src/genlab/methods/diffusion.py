@@ -221,38 +221,16 @@ class LatentDiffusionMethod(_DiffusionBase):
 
     @classmethod
     def check_config(cls, cfg) -> None:
-        fs = cfg.model.first_stage
         _check_sampler_steps(cfg)
-        if not fs:  # (a preset names no run: refused when the model is built, before anything is written)
-            return
-        base_cls = METHODS.get(fs.get("method", ""))
-        if not base_cls.has_encoder or base_cls.latent_kind != "flat" or not hasattr(base_cls, "encode_latent"):
-            raise GenlabError(f"init.from_run: its method {base_cls.name!r} has no encoder with a flat latent; "
-                              "latent diffusion needs a VAE or autoencoder run")
-        size, channels = fs.get("size"), fs.get("channels")
-        if (size, channels) != (cfg.data.size, cfg.data.channels):
-            raise GenlabError(f"init.from_run: the first stage was trained on {size}x{size} images with {channels} "
-                              f"channels, but data gives {cfg.data.size}x{cfg.data.size} with {cfg.data.channels}")
-        
+        check_first_stage(cfg, "latent diffusion")
+
     @classmethod
     def configure_from_base(cls, model_cfg, base_config) -> None:
-        """Record the base run's family and model section, so the run rebuilds without it."""
-        if model_cfg.first_stage:
-            return
-        base_cfg = base_config()
-        model_cfg.first_stage = {"method": base_cfg.method, "model": _as_dict(base_cfg.model),
-                                 "size": base_cfg.data.size, "channels": base_cfg.data.channels}
+        record_first_stage(model_cfg, base_config)
 
     def __init__(self, cfg: LatentDiffusionConfig, image_shape, device):
         super().__init__(cfg, image_shape, device)
-        fs = cfg.first_stage
-        if not fs:
-            raise GenlabError(NEEDS_BASE_RUN)
-        base_cls = METHODS.get(fs["method"])
-        base_model = build_dataclass(base_cls.config_class, fs["model"], "model.first_stage.model.")
-        self.first_stage = base_cls(base_model, image_shape, device)
-        for net in self.first_stage.networks().values():
-            net.requires_grad_(False).eval()
+        self.first_stage = build_first_stage(cfg.first_stage, image_shape, device, NEEDS_BASE_RUN)
         (self.latent_dim,) = self.first_stage.latent_shape()
         self._setup(cfg, MLPDenoiser(self.latent_dim, cfg.width, cfg.blocks, cfg.dropout), device)
         # 1 / std of the training latents (Rombach et al. 2022, section 4.3.2 and appendix G); a buffer
@@ -286,9 +264,55 @@ class LatentDiffusionMethod(_DiffusionBase):
     @torch.no_grad()
     def prepare(self, train_images: torch.Tensor) -> None:
         """Scale the latents to unit variance, from the first training images' latents."""
-        x = to_model_range(train_images[:LATENT_STATISTICS_IMAGES].to(self.device))
-        z = torch.cat([self.first_stage.encode_latent(x[i : i + 256]).float() for i in range(0, len(x), 256)])
-        unwrap(self.denoiser).latent_scale.fill_(1.0 / z.std().clamp(min=1e-6).item())
+        unwrap(self.denoiser).latent_scale.fill_(latent_scale_of(self.first_stage, train_images, self.device))
+
+
+# -- a frozen first stage (a VAE or autoencoder run), shared by the latent families --------------------
+def check_first_stage(cfg, family: str) -> None:
+    """The recorded first stage (model.first_stage) is an encoder family with a flat latent, trained
+    on images of this run's size and channels; nothing to check while a preset names no run yet
+    (refused when the model is built, before anything is written)."""
+    fs = cfg.model.first_stage
+    if not fs:
+        return
+    base_cls = METHODS.get(fs.get("method", ""))
+    if not base_cls.has_encoder or base_cls.latent_kind != "flat" or not hasattr(base_cls, "encode_latent"):
+        raise GenlabError(f"init.from_run: its method {base_cls.name!r} has no encoder with a flat latent; "
+                          f"{family} needs a VAE or autoencoder run")
+    size, channels = fs.get("size"), fs.get("channels")
+    if (size, channels) != (cfg.data.size, cfg.data.channels):
+        raise GenlabError(f"init.from_run: the first stage was trained on {size}x{size} images with {channels} "
+                          f"channels, but data gives {cfg.data.size}x{cfg.data.size} with {cfg.data.channels}")
+
+
+def record_first_stage(model_cfg, base_config) -> None:
+    """Record the init.from_run run's family and model section, so the run rebuilds without it."""
+    if model_cfg.first_stage:
+        return
+    base_cfg = base_config()
+    model_cfg.first_stage = {"method": base_cfg.method, "model": _as_dict(base_cfg.model),
+                             "size": base_cfg.data.size, "channels": base_cfg.data.channels}
+
+
+def build_first_stage(fs: dict, image_shape, device, missing: str):
+    """The recorded first stage's model, frozen and in eval mode (its weights come from
+    init.from_run's copy, or from this run's checkpoints)."""
+    if not fs:
+        raise GenlabError(missing)
+    base_cls = METHODS.get(fs["method"])
+    base_model = build_dataclass(base_cls.config_class, fs["model"], "model.first_stage.model.")
+    first_stage = base_cls(base_model, image_shape, device)
+    for net in first_stage.networks().values():
+        net.requires_grad_(False).eval()
+    return first_stage
+
+
+@torch.no_grad()
+def latent_scale_of(first_stage, train_images: torch.Tensor, device) -> float:
+    """1 / std of the first stage's codes of the first training images (Rombach et al. 2022, 4.3.2)."""
+    x = to_model_range(train_images[:LATENT_STATISTICS_IMAGES].to(device))
+    z = torch.cat([first_stage.encode_latent(x[i : i + 256]).float() for i in range(0, len(x), 256)])
+    return 1.0 / z.std().clamp(min=1e-6).item()
 
 
 def _as_dict(obj) -> dict:
