@@ -59,7 +59,7 @@ class LatentGANConfig:
     gp_weight: float = 10.0  # lambda of wgan-gp's penalty
     r1_gamma: float = 0.0  # R1 penalty on D's gradient at real (diffused) latents (Mescheder et al. 2018); 0 = off
     d_spectral_norm: bool = True  # spectral normalisation of every D layer (Miyato et al. 2018)
-    diffusion: str = "adaptive"  # off | fixed: t ~ U{0..timesteps-1} | adaptive: t ~ U{0..T_max}, T_max adapted
+    diffusion: str = "adaptive"  # none | fixed: t ~ U{0..timesteps-1} | adaptive: t ~ U{0..T_max}, T_max adapted
     schedule: str = "linear"  # the forward process's betas (seed 000: linear, Ho et al. 2020)
     timesteps: int = 1000
     ada_target: float = 0.6  # Diffusion-GAN's d_target for r_d = E[sign D(real)]
@@ -76,7 +76,7 @@ class LatentGANConfig:
             check_positive(f"{prefix}{key}", getattr(self, key), allow_zero=True)
         for key in ("width", "g_blocks", "timesteps", "ada_interval", "ada_step"):
             check_positive(f"{prefix}{key}", getattr(self, key))
-        check_choice(f"{prefix}diffusion", self.diffusion, ("off", "fixed", "adaptive"))
+        check_choice(f"{prefix}diffusion", self.diffusion, ("none", "fixed", "adaptive"))
         if not 0 < self.ada_target < 1:
             raise GenlabError(f"config key '{prefix}ada_target' must be in (0, 1), got {self.ada_target}")
 
@@ -160,13 +160,13 @@ class LatentGANMethod(Method):
 
     def timesteps(self, n: int, uniform: torch.Tensor) -> torch.Tensor:
         """t per latent: U{0..T_max} (adaptive), U{0..T-1} (fixed), or 0 with no diffusion."""
-        if self.cfg.diffusion == "off":
+        if self.cfg.diffusion == "none":
             return torch.zeros(n, dtype=torch.long, device=uniform.device)
         return (uniform * (self.t_max + 1)).floor().long().clamp(max=self.cfg.timesteps - 1)
 
     def corrupt(self, z: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """q(z_t | z_0) = N(sqrt(a_t) z_0, (1 - a_t) I); with diffusion off, z itself."""
-        return z if self.cfg.diffusion == "off" else self.process.q_sample(z, t, noise)
+        """q(z_t | z_0) = N(sqrt(a_t) z_0, (1 - a_t) I); with diffusion none, z itself."""
+        return z if self.cfg.diffusion == "none" else self.process.q_sample(z, t, noise)
 
     def train_step(self, x, step):
         cfg, n = self.cfg, x.shape[0]
