@@ -59,3 +59,20 @@ def test_loss_falls_on_a_fixed_batch_and_resume_is_bit_exact(tmp_path):
     for net in a:
         for key in a[net]:
             assert torch.equal(a[net][key], b[net][key]), f"{net}.{key}"
+
+
+def test_a_vae_with_a_fitted_prior_samples_from_its_codes_gaussian(tmp_path):
+    run = start_training(load_config("tiny-vae", ["model.prior=fitted"]), tmp_path, CPU, quiet=True)
+    method, cfg, _ = build_method_from_checkpoint(run / "checkpoints" / "last-inference.pt", CPU)
+    from genlab.data import build_dataset
+
+    data = build_dataset(cfg.data)
+    with torch.no_grad(), method.evaluating():
+        means = torch.cat([method.encode(to_model_range(data.train[i:i + 256]))[0] for i in range(0, len(data.train), 256)])
+        mean, chol = fit_gaussian(means)
+        assert torch.allclose(method.decoder.prior_mean, mean.float(), atol=1e-5)
+        x = to_model_range(data.val[:4])
+        assert torch.allclose(method.generate(method.encode_latent(x)), method.reconstruct(x), atol=1e-4)
+    standard, _, _ = build_method_from_checkpoint(
+        start_training(load_config("tiny-vae"), tmp_path, CPU, quiet=True) / "checkpoints" / "last.pt", CPU)
+    assert "prior_mean" not in standard.decoder.state_dict()  # the standard prior's checkpoints are unchanged

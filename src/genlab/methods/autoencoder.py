@@ -61,6 +61,24 @@ def fit_gaussian(codes: torch.Tensor, jitter: float = 1e-5) -> tuple[torch.Tenso
     return mean, torch.linalg.cholesky(cov)
 
 
+@torch.no_grad()
+def refit_prior(method, code, images: torch.Tensor) -> None:
+    """Fit the Gaussian to ``code(x)`` of uint8 ``images`` (eval mode) into the decoder's buffers."""
+    with method.evaluating():
+        codes = torch.cat([code(to_model_range(images[i : i + 256].to(method.device))).float()
+                           for i in range(0, len(images), 256)])
+    mean, chol = fit_gaussian(codes)
+    decoder = unwrap(method.decoder)
+    decoder.prior_mean.copy_(mean.float())
+    decoder.prior_chol.copy_(chol.float())
+
+
+def whiten(decoder, codes: torch.Tensor) -> torch.Tensor:
+    """L^-1 (code - mean) with the decoder's fitted Gaussian."""
+    centred = (codes.float() - decoder.prior_mean)[:, :, None]
+    return torch.linalg.solve_triangular(decoder.prior_chol, centred, upper=False)[:, :, 0]
+
+
 @METHODS.register("autoencoder", aliases=("ae",))
 class AutoencoderMethod(Method):
     name = "autoencoder"
@@ -124,14 +142,7 @@ class AutoencoderMethod(Method):
     def fit_prior(self, train_images: torch.Tensor) -> None:
         """The sampling Gaussian, refitted to the codes of the first ``model.prior_images`` training
         images (eval mode, the current weights)."""
-        images = train_images[: self.cfg.prior_images]
-        with self.evaluating():
-            codes = torch.cat([self.code(to_model_range(images[i : i + 256].to(self.device))).float()
-                               for i in range(0, len(images), 256)])
-        mean, chol = fit_gaussian(codes)
-        decoder = unwrap(self.decoder)
-        decoder.prior_mean.copy_(mean.float())
-        decoder.prior_chol.copy_(chol.float())
+        refit_prior(self, self.code, train_images[: self.cfg.prior_images])
 
     def prepare(self, train_images):
         self.fit_prior(train_images)  # so grids before the first epoch end decode codes of the right scale
@@ -143,9 +154,7 @@ class AutoencoderMethod(Method):
 
     def encode_latent(self, x):
         """The whitened code L^-1 (code - mean): where generate() maps it back to this image."""
-        decoder = unwrap(self.decoder)
-        centred = (self.code(x).float() - decoder.prior_mean)[:, :, None]
-        return torch.linalg.solve_triangular(decoder.prior_chol, centred, upper=False)[:, :, 0]
+        return whiten(unwrap(self.decoder), self.code(x))
 
     @torch.inference_mode()
     def reconstruct(self, x):

@@ -12,7 +12,7 @@ from genlab.config import OptimConfig, check_choice, check_positive
 from genlab.errors import GenlabError
 from genlab.losses.vae import RECONSTRUCTION_LOSSES, kl_divergence
 from genlab.methods import METHODS
-from genlab.methods.base import Method
+from genlab.methods.base import Method, unwrap
 from genlab.methods.step import make_optimizer, make_scheduler
 from genlab.models.blocks import channel_ladder, num_resolution_steps
 from genlab.models.vae import ConvDecoder, ConvEncoder
@@ -32,6 +32,10 @@ class VAEConfig:
     #                                  dimension at kl_weight 1: no hand-set balance)
     kl_cycle_steps: int = 0  # cyclical KL annealing (Fu et al. 2019): cycle length in steps; 0 = off
     kl_cycle_ratio: float = 0.5  # share of each cycle over which the KL weight rises linearly from 0
+    prior: str = "standard"  # what samples are drawn from: standard (N(0, I), the VAE's prior) | fitted: a full-
+    #                          covariance Gaussian fitted to the posterior means after every epoch (ex-post density
+    #                          estimation, Ghosh et al. 2020), so samples come from where the codes are
+    prior_images: int = 10_000  # prior fitted: training images whose posterior means it is fitted to
     logvar_limit: float = 10.0  # |log-variance| of q(z|x) is bounded smoothly by this (0 = unbounded)
     iw_samples: int = 64  # k of the importance-weighted bound on log p(x) that bits per dimension report
     optim: OptimConfig = field(default_factory=OptimConfig)  # Adam, lr 1e-3, betas (0.9, 0.999)
@@ -52,6 +56,8 @@ class VAEConfig:
         check_choice(f"{prefix}activation", self.activation, ("relu", "leaky_relu"))
         check_choice(f"{prefix}recon_loss", self.recon_loss, tuple(RECONSTRUCTION_LOSSES))
         check_choice(f"{prefix}decoder_variance", self.decoder_variance, ("fixed", "optimal"))
+        check_choice(f"{prefix}prior", self.prior, ("standard", "fitted"))
+        check_positive(f"{prefix}prior_images", self.prior_images)
         if self.decoder_variance == "optimal" and self.recon_loss != "mse":
             raise GenlabError(f"{prefix}decoder_variance=optimal is a Gaussian decoder's variance; it needs "
                               f"{prefix}recon_loss=mse, got {self.recon_loss}")
@@ -81,6 +87,9 @@ class VAEMethod(Method):
         self.opt = make_optimizer(cfg.optim, [*self.encoder.parameters(), *self.decoder.parameters()], device)
         self.sched = make_scheduler(cfg.optim, self.opt)
         self.recon_loss = RECONSTRUCTION_LOSSES[cfg.recon_loss]
+        if cfg.prior == "fitted":  # buffers of the decoder, so every snapshot and the EMA carry them
+            self.decoder.register_buffer("prior_mean", torch.zeros(cfg.latent_dim, device=device))
+            self.decoder.register_buffer("prior_chol", torch.eye(cfg.latent_dim, device=device))
         self.decoder_sigma: float | None = None  # the Gaussian decoder's scale, fitted by fit_likelihood
 
     def networks(self):
@@ -111,8 +120,27 @@ class VAEMethod(Method):
         return mean, (limit * torch.tanh(logvar / limit) if limit > 0 else logvar)
 
     def encode_latent(self, x: torch.Tensor) -> torch.Tensor:
-        """The posterior mean: the VAE's deterministic code of x (what a latent family diffuses)."""
-        return self.encode(x)[0]
+        """The posterior mean: the VAE's deterministic code of x (what a latent family diffuses); with
+        a fitted prior, whitened by it, so generate(encode_latent(x)) decodes the posterior mean."""
+        mean = self.encode(x)[0]
+        if self.cfg.prior != "fitted":
+            return mean
+        from genlab.methods.autoencoder import whiten
+
+        return whiten(unwrap(self.decoder), mean)
+
+    @torch.no_grad()
+    def fit_prior(self, train_images: torch.Tensor) -> None:
+        """prior fitted: the sampling Gaussian, refitted to the posterior means of the first
+        ``model.prior_images`` training images."""
+        if self.cfg.prior != "fitted":
+            return
+        from genlab.methods.autoencoder import refit_prior
+
+        refit_prior(self, lambda x: self.encode(x)[0], train_images[: self.cfg.prior_images])
+
+    def prepare(self, train_images):
+        self.fit_prior(train_images)
 
     def kl_beta(self, step: int) -> float:
         """Cyclical annealing (Fu et al. 2019, eq. 6 with a linear f): within each cycle of
@@ -171,6 +199,9 @@ class VAEMethod(Method):
         return self._losses(x, noise)
 
     def generate(self, z):
+        if self.cfg.prior == "fitted":
+            decoder = unwrap(self.decoder)
+            z = decoder.prior_mean + z.float() @ decoder.prior_chol.T
         return self.decode(self.decoder(z)).float()
 
     @torch.inference_mode()
