@@ -7,6 +7,8 @@ from genlab.methods.gan import GANConfig
 from genlab.methods.vae import VAEConfig
 from genlab.methods.diffusion import DiffusionConfig, LatentDiffusionConfig
 from genlab.methods.autoencoder import AutoencoderConfig
+from genlab.methods.latent_gan import LatentGANConfig
+from genlab.methods.vaegan import VAEGANConfig
 from genlab.methods.detector import DetectorConfig
 from genlab.methods.flow import RealNVPConfig
 
@@ -20,7 +22,7 @@ def test_every_shipped_preset_resolves():
         assert cfg.name == name
         expected = {"vae": VAEConfig, "gan": GANConfig, "realnvp": RealNVPConfig, "ddpm": DiffusionConfig,
                     "latent-ddpm": LatentDiffusionConfig, "detector": DetectorConfig,
-                    "autoencoder": AutoencoderConfig}[cfg.method]
+                    "autoencoder": AutoencoderConfig, "vaegan": VAEGANConfig, "latent-gan": LatentGANConfig}[cfg.method]
         assert type(cfg.model) is expected
         assert load_preset(name)["description"]
 
