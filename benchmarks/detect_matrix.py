@@ -26,19 +26,7 @@ from pathlib import Path
 import torch
 
 from common import score_run, write_result
-
-
-def _split_specs(text: str) -> list[str]:
-    """Comma-separated presets whose key=value parts may hold lists: commas inside [] do not split."""
-    specs, depth, current = [], 0, ""
-    for ch in text:
-        depth += {"[": 1, "]": -1}.get(ch, 0)
-        if ch == "," and depth == 0:
-            specs.append(current)
-            current = ""
-        else:
-            current += ch
-    return specs + [current] if current else specs
+from genlab.sweep import split_top_level
 
 
 def main() -> None:
@@ -69,7 +57,7 @@ def main() -> None:
     runs = args.runs or Path(tempfile.mkdtemp(prefix="genlab-detect-"))
     began = time.perf_counter()
     generators, rows = {}, []
-    for spec in _split_specs(args.presets):
+    for spec in split_top_level(args.presets):
         preset, *variant = spec.split("+")
         base = load_config(preset, [f"data.root={args.root}", *variant])
         steps = math.ceil(args.images / base.train.batch_size)

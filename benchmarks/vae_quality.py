@@ -23,20 +23,9 @@ from pathlib import Path
 import torch
 
 from common import score_run, write_result
+from genlab.sweep import split_top_level
 
 WIDTHS_32 = "model.widths=[64,128,256]"  # the 64x64 presets' last three widths: 32x32 needs three steps
-
-
-def split_specs(text: str) -> list[str]:
-    specs, depth, current = [], 0, ""
-    for ch in text:
-        depth += {"[": 1, "]": -1}.get(ch, 0)
-        if ch == "," and depth == 0:
-            specs.append(current)
-            current = ""
-        else:
-            current += ch
-    return specs + [current] if current else specs
 
 
 def main() -> None:
@@ -61,7 +50,7 @@ def main() -> None:
 
     runs = args.runs or Path(tempfile.mkdtemp(prefix="genlab-vae-quality-"))
     rows = []
-    for spec in split_specs(args.presets):
+    for spec in split_top_level(args.presets):
         preset, *variant = spec.split("+")
         overrides = [f"data.root={args.root}", f"data.size={args.size}", f"train.epochs={args.epochs}",
                      "train.patience=null", "train.log_every=50", *variant]

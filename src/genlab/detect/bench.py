@@ -94,22 +94,15 @@ def detector_config(real: str, fakes: list[str], overrides: list[str] | None = N
     return resolve_config(raw)
 
 
-def _finished(run_dir: Path) -> bool:
-    try:
-        summary = json.loads((run_dir / "metrics.json").read_text())["train"]
-    except (OSError, ValueError, KeyError):
-        return False
-    return summary.get("stopped_because") not in (None, "SIGTERM", "SIGINT")
-
-
 def train_named(cfg, run_dir: Path, device: torch.device, quiet: bool = True) -> Path:
     """Train ``cfg`` in ``run_dir``: started there, resumed when it holds this config's unfinished
     run, left as it is when that run finished (a benchmark re-run continues where it stopped)."""
     from genlab.train.loop import named_run_plan, resume_training, start_training
+    from genlab.train.rundir import training_finished
 
     action, changed = named_run_plan(cfg, run_dir)
     if action == "resume":
-        if _finished(run_dir) and not changed:
+        if training_finished(run_dir) and not changed:
             log.info("%s: finished earlier, kept", run_dir)
             return run_dir
         return resume_training(run_dir, changed, device, quiet=quiet)

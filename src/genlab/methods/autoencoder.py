@@ -24,7 +24,7 @@ from genlab.losses.vae import RECONSTRUCTION_LOSSES
 from genlab.methods import METHODS
 from genlab.methods.base import Method, unwrap
 from genlab.methods.step import make_optimizer, make_scheduler
-from genlab.models.blocks import channel_ladder, num_resolution_steps
+from genlab.models.blocks import widths_for
 from genlab.models.vae import ConvDecoder, ConvEncoder
 
 
@@ -90,10 +90,7 @@ class AutoencoderMethod(Method):
     def __init__(self, cfg: AutoencoderConfig, image_shape: tuple[int, int, int], device: torch.device):
         super().__init__(cfg, image_shape, device)
         channels, size, _ = image_shape
-        steps = num_resolution_steps(size)
-        widths = cfg.widths or channel_ladder(steps, cfg.base_width)
-        if len(widths) != steps:
-            raise GenlabError(f"model.widths has {len(widths)} entries; {size}x{size} images need {steps}")
+        widths = widths_for(size, cfg.widths, cfg.base_width)
         self.encoder = ConvEncoder(channels, widths, cfg.latent_dim, cfg.activation, cfg.dropout,
                                    variational=False).to(device)
         self.decoder = ConvDecoder(channels, widths, cfg.latent_dim, cfg.activation, cfg.dropout).to(device)

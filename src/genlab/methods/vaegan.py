@@ -27,12 +27,11 @@ import torch
 import torch.nn.functional as F
 
 from genlab.config import OptimConfig, check_choice, check_positive
-from genlab.errors import GenlabError
 from genlab.losses.vae import kl_divergence
 from genlab.methods import METHODS
 from genlab.methods.base import Method, unwrap
 from genlab.methods.step import frozen, make_optimizer
-from genlab.models.blocks import channel_ladder, num_resolution_steps
+from genlab.models.blocks import widths_for
 from genlab.models.dcgan import DCGANDiscriminator, dcgan_init_
 from genlab.models.vae import ConvDecoder, ConvEncoder
 
@@ -77,12 +76,8 @@ class VAEGANMethod(Method):
     def __init__(self, cfg: VAEGANConfig, image_shape: tuple[int, int, int], device: torch.device):
         super().__init__(cfg, image_shape, device)
         channels, size, _ = image_shape
-        steps = num_resolution_steps(size)
-        widths = cfg.widths or channel_ladder(steps, cfg.base_width)
-        d_widths = cfg.d_widths or widths
-        for key, w in (("model.widths", widths), ("model.d_widths", d_widths)):
-            if len(w) != steps:
-                raise GenlabError(f"{key} has {len(w)} entries; {size}x{size} images need {steps}")
+        widths = widths_for(size, cfg.widths, cfg.base_width)
+        d_widths = widths_for(size, cfg.d_widths or widths, cfg.base_width, "model.d_widths")
         self.encoder = ConvEncoder(channels, widths, cfg.latent_dim, cfg.activation, 0.0).to(device)
         self.decoder = ConvDecoder(channels, widths, cfg.latent_dim, cfg.activation, 0.0).to(device)
         # layer norm in D: its features are compared image by image, so no batch coupling

@@ -29,6 +29,18 @@ def channel_ladder(steps: int, base: int, cap: int = 512) -> list[int]:
     return [min(base * 2**i, cap) for i in range(steps)]
 
 
+def widths_for(size: int, widths: list[int], base: int, key: str = "model.widths") -> list[int]:
+    """The configured widths (one per stride-2 step from ``size`` down to 4x4), or the ladder from
+    ``base`` when none are given; a list of the wrong length is a GenlabError naming ``key``."""
+    from genlab.errors import GenlabError
+
+    steps = num_resolution_steps(size)
+    widths = list(widths) or channel_ladder(steps, base)
+    if len(widths) != steps:
+        raise GenlabError(f"{key} has {len(widths)} entries; {size}x{size} images need {steps}")
+    return widths
+
+
 def _norm_kind(norm: bool | str) -> str:
     return {True: "batch", False: "none"}.get(norm, norm) if isinstance(norm, bool) else norm
 

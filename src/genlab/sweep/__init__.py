@@ -144,14 +144,12 @@ def read_manifest(folder: Path) -> dict:
 
 def run_finished(run_dir: Path, metrics: list[str]) -> bool:
     """Trained to its end (not stopped by a signal) and evaluated on every sweep metric."""
-    try:
-        summary = json.loads((Path(run_dir) / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return False
-    stopped = (summary.get("train") or {}).get("stopped_because")
-    if stopped in (None, "SIGTERM", "SIGINT"):
-        return False
     from genlab.metrics.table import METRICS
+    from genlab.train.rundir import training_finished
+
+    if not training_finished(run_dir):
+        return False
+    summary = json.loads((Path(run_dir) / "metrics.json").read_text())
 
     wanted = {r for m in metrics for r in METRICS.get(m).results}
     return wanted <= set(summary.get("eval") or {})

@@ -157,6 +157,16 @@ def save_grid(grid: torch.Tensor, path: Path) -> None:
     atomic_write(path, lambda tmp: save_image(grid, tmp, format="png"), "image")
 
 
+def training_finished(run_dir: Path) -> bool:
+    """The run's training ended on its own (epochs, max_steps, early stopping, a divergence stop), not
+    by a signal and not still running: metrics.json holds its training summary."""
+    try:
+        summary = json.loads((Path(run_dir) / "metrics.json").read_text())["train"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return summary.get("stopped_because") not in (None, "SIGTERM", "SIGINT")
+
+
 def update_json(path: Path, updates: dict[str, Any]) -> None:
     """Merge ``updates`` into a JSON file (created if absent), atomically."""
     data = json.loads(path.read_text()) if path.exists() else {}
