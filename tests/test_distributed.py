@@ -83,7 +83,8 @@ def _worker(rank: int, world: int, port: int, runs: str, raw: dict) -> None:
 
     info = distributed.from_environment()
     start_training(resolve_config(raw), Path(runs), CPU, quiet=True, info=info)
-    dist.destroy_process_group()
+    distributed.shutdown(info)
+    assert not dist.is_initialized()
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):

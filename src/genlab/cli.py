@@ -488,7 +488,7 @@ def _load_model(args, device):
 def cmd_train(args) -> int:
     from genlab.config import config_to_yaml
     from genlab.resolve import load_config
-    from genlab.train.loop import exit_code, resume_training, resumed_config, start_training
+    from genlab.train.loop import resume_training, resumed_config, start_training
 
     _positive("--gpus", args.gpus)
     if args.gpus > 1 and "WORLD_SIZE" not in os.environ:
@@ -506,7 +506,7 @@ def cmd_train(args) -> int:
             print(config_to_yaml(resumed_config(args.resume, overrides)), end="")
             return 0
         device, info = _train_device(args)
-        return exit_code(resume_training(args.resume, overrides, device, quiet=args.quiet, info=info))
+        return _finish(info, resume_training(args.resume, overrides, device, quiet=args.quiet, info=info))
     if preset is None:
         raise GenlabError("name a preset (see `genlab presets`) or --resume RUN_DIR")
     cfg = load_config(preset, overrides)
@@ -519,12 +519,21 @@ def cmd_train(args) -> int:
                 print(config_to_yaml(resumed_config(args.run_dir, changed)), end="")
                 return 0
             device, info = _train_device(args)
-            return exit_code(resume_training(args.run_dir, changed, device, quiet=args.quiet, info=info))
+            return _finish(info, resume_training(args.run_dir, changed, device, quiet=args.quiet, info=info))
     if args.dry_run:
         print(config_to_yaml(cfg), end="")
         return 0
     device, info = _train_device(args)
-    return exit_code(start_training(cfg, args.runs_dir, device, quiet=args.quiet, info=info, run_dir=args.run_dir))
+    return _finish(info, start_training(cfg, args.runs_dir, device, quiet=args.quiet, info=info, run_dir=args.run_dir))
+
+
+def _finish(info, run_dir) -> int:
+    """The exit code of a finished run; under torchrun every process leaves the group together."""
+    from genlab.train.distributed import shutdown
+    from genlab.train.loop import exit_code
+
+    shutdown(info)
+    return exit_code(run_dir)
 
 
 def cmd_sample(args) -> int:

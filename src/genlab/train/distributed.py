@@ -77,6 +77,16 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def shutdown(info: DistInfo) -> None:
+    """Leave the process group together, after a successful run: the ranks first wait for rank 0
+    (which writes the run directory after the others are done), then destroy the group while every
+    process is alive. A rank that exits alone while gloo's threads still talk to its peers can die
+    by SIGABRT ("terminate called without an active exception"), seen once on CI's 2 cores."""
+    if info.enabled and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def gather_to_main(obj, info: DistInfo) -> list | None:
     """Every rank's ``obj`` (tensors moved to the CPU), in rank order, on rank 0; None elsewhere."""
     if not info.enabled:
