@@ -6,6 +6,10 @@ preset, plus ratios against the reference preset (seed 002's VAE); each run's la
 copied to --grids for the README.
 
 On a CPU: 32x32 and a few epochs, about 20 minutes for the default presets; on a GPU: 64x64, 30 epochs.
+An override's value ``@PRESET`` is the run directory of an earlier row of that preset in this
+benchmark (``@reference``: the reference's): the unbalanced GAN starts from seed 002's decoder with
+``init.from_run=@reference``, the hybrid over the σ-VAE with ``init.from_run=@vae-celeba64``.
+Families without an encoder (a GAN, the hybrid) get SWD only.
 
     python benchmarks/vae_quality.py --root ../shared/data/celeba --size 32 --epochs 3 \\
         --out benchmarks/results/vae_quality-cpu.json --grids docs/vae
@@ -49,9 +53,18 @@ def main() -> None:
     from genlab.train.loop import start_training
 
     runs = args.runs or Path(tempfile.mkdtemp(prefix="genlab-vae-quality-"))
-    rows = []
+    from genlab.methods import METHODS
+
+    rows, run_of, grid_names = [], {}, set()
     for spec in split_top_level(args.presets):
         preset, *variant = spec.split("+")
+        for i, v in enumerate(variant):
+            if "=@" in v:
+                key, name = v.split("=@", 1)
+                name = args.reference if name == "reference" else name
+                if name not in run_of:
+                    raise SystemExit(f"{spec}: @{name} needs a row of preset {name} earlier in --presets")
+                variant[i] = f"{key}={run_of[name]}"
         overrides = [f"data.root={args.root}", f"data.size={args.size}", f"train.epochs={args.epochs}",
                      "train.patience=null", "train.log_every=50", *variant]
         cfg = load_config(preset, overrides)
@@ -59,29 +72,37 @@ def main() -> None:
         start = time.perf_counter()
         run = start_training(cfg, runs, device, quiet=True)
         wall = time.perf_counter() - start
+        run_of.setdefault(preset, run)
         summary = json.loads((run / "metrics.json").read_text())["train"]
-        metrics = ["swd", "recon"]
+        metrics = ["swd", "recon"] if METHODS.get(cfg.method).has_encoder else ["swd"]
         _, results = score_run(run, cfg, metrics, args.n, "val", device)
+        value = lambda key: results[key]["value"] if key in results else None
         row = {"preset": preset, "spec": spec, "family": cfg.method, "overrides": overrides, "steps": summary["steps"],
                "train_wall_s": round(wall, 1), "stopped_because": summary["stopped_because"],
-               "swd": results["swd"]["value"], "psnr": results["psnr"]["value"], "ssim": results["ssim"]["value"],
-               "mse": results["mse"]["value"], "protocols": {k: r["protocol"] for k, r in results.items()}}
+               "swd": value("swd"), "psnr": value("psnr"), "ssim": value("ssim"), "mse": value("mse"),
+               "protocols": {k: r["protocol"] for k, r in results.items()}}
         rows.append(row)
-        print(f"  swd {row['swd']:.2f} psnr {row['psnr']:.2f} ssim {row['ssim']:.4f} ({wall:.0f} s)", flush=True)
+        print(f"  swd {row['swd']:.2f} psnr {row['psnr']} ssim {row['ssim']} ({wall:.0f} s)", flush=True)
         if args.grids:
             grids = sorted((run / "samples").glob("*.png"), key=lambda p: p.stat().st_mtime)
             if grids:
+                name, k = f"{preset}-{args.size}", 2
+                while name in grid_names:  # the same preset in two variants
+                    name, k = f"{preset}-{args.size}-{k}", k + 1
+                grid_names.add(name)
+                row["grid"] = str(args.grids / f"{name}.png")
                 args.grids.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(grids[-1], args.grids / f"{preset}-{args.size}.png")
+                shutil.copyfile(grids[-1], row["grid"])
     reference = next(r for r in rows if r["preset"] == args.reference)
     for r in rows:
-        r["psnr_minus_reference_db"] = round(r["psnr"] - reference["psnr"], 3)
+        r["psnr_minus_reference_db"] = round(r["psnr"] - reference["psnr"], 3) if r["psnr"] is not None else None
         r["swd_over_reference"] = round(r["swd"] / reference["swd"], 4)
     write_result(args.out, {"size": args.size, "epochs": args.epochs, "n": args.n, "reference": args.reference,
                             "rows": rows}, device)
     for r in rows:
-        print(f"{r['spec']:<70} swd {r['swd']:8.2f} ({r['swd_over_reference']:.2f}x)  psnr {r['psnr']:6.2f} "
-              f"({r['psnr_minus_reference_db']:+.2f} dB)  ssim {r['ssim']:.4f}  {r['train_wall_s']:.0f} s")
+        recon = (f"psnr {r['psnr']:6.2f} ({r['psnr_minus_reference_db']:+.2f} dB)  ssim {r['ssim']:.4f}"
+                 if r["psnr"] is not None else "no encoder")
+        print(f"{r['spec']:<70} swd {r['swd']:8.2f} ({r['swd_over_reference']:.2f}x)  {recon}  {r['train_wall_s']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -76,3 +76,54 @@ def test_a_vae_with_a_fitted_prior_samples_from_its_codes_gaussian(tmp_path):
     standard, _, _ = build_method_from_checkpoint(
         start_training(load_config("tiny-vae"), tmp_path, CPU, quiet=True) / "checkpoints" / "last.pt", CPU)
     assert "prior_mean" not in standard.decoder.state_dict()  # the standard prior's checkpoints are unchanged
+
+
+def test_residual_decoder_blocks_start_as_the_identity_and_train():
+    from genlab.models.blocks import ResidualBlock
+    from genlab.models.vae import ConvDecoder
+
+    torch.manual_seed(0)
+    h = torch.randn(2, 8, 4, 4)
+    block = ResidualBlock(8, "leaky_relu")
+    assert torch.equal(block(h), h)  # zero-initialised last scale: x + 0
+    plain = ConvDecoder(1, [8, 16], 4, "leaky_relu", 0.0)
+    deep = ConvDecoder(1, [8, 16], 4, "leaky_relu", 0.0, res_blocks=2)
+    assert not any("body" in k for k in plain.state_dict())  # res_blocks=0: the old parameter names, old checkpoints load
+    assert sum(isinstance(m, ResidualBlock) for m in deep.modules()) == 2 * 1  # two after the one hidden up-sampling
+    for family in ("tiny-vae", "tiny-ae", "tiny-vaegan"):
+        cfg = load_config(family, ["model.res_blocks=1"])
+        method = build_method(cfg, (1, 16, 16), CPU)
+        blocks = [m for m in method.decoder.modules() if isinstance(m, ResidualBlock)]
+        assert len(blocks) == 1, family
+        before = [p.clone() for p in blocks[0].parameters()]
+        torch.manual_seed(0)
+        x = torch.rand(16, 1, 16, 16) * 2 - 1
+        stats = [method.run_step(x, s) for s in range(12)]
+        key = "loss_enc" if "loss_enc" in stats[0] else "loss"
+        assert stats[-1][key] < stats[0][key], family
+        assert any(not torch.equal(a, b) for a, b in zip(before, blocks[0].parameters())), family
+
+
+def test_a_vaegan_with_a_fitted_prior_samples_and_trains_its_gan_term_from_the_codes_gaussian(tmp_path):
+    run = start_training(load_config("tiny-vaegan", ["model.prior=fitted", "train.epochs=1"]), tmp_path, CPU, quiet=True)
+    method, cfg, _ = build_method_from_checkpoint(run / "checkpoints" / "last-inference.pt", CPU)
+    from genlab.data import build_dataset
+
+    data = build_dataset(cfg.data)
+    with torch.no_grad(), method.evaluating():
+        means = torch.cat([method.encode(to_model_range(data.train[i:i + 256]))[0] for i in range(0, len(data.train), 256)])
+        mean, chol = fit_gaussian(means)
+        assert torch.allclose(method.decoder.prior_mean, mean.float(), atol=1e-5)
+        assert torch.allclose(method.decoder.prior_chol, chol.float(), atol=1e-4)
+        x = to_model_range(data.val[:4])
+        assert torch.allclose(method.generate(method.encode_latent(x)), method.reconstruct(x), atol=1e-4)
+    # The GAN term's prior samples come from the fitted Gaussian: moving it changes D's loss.
+    x = torch.rand(8, 1, 16, 16) * 2 - 1
+    losses = []
+    for shift in (0.0, 3.0):
+        torch.manual_seed(0)
+        model = build_method(cfg, (1, 16, 16), CPU)
+        model.decoder.prior_mean.fill_(shift)
+        torch.manual_seed(1)
+        losses.append(model.run_step(x, 0)["loss_d"].item())
+    assert losses[0] != losses[1]

@@ -36,6 +36,7 @@ class AutoencoderConfig:
     activation: str = "leaky_relu"  # relu | leaky_relu (slope 0.2)
     dropout: float = 0.0
     recon_loss: str = "mse"  # mse (through tanh) | bce (through sigmoid)
+    res_blocks: int = 0  # residual blocks after each up-sampling step of the decoder (0 = seed 003's plain decoder)
     prior_images: int = 10_000  # training images whose codes the sampling Gaussian is fitted to, each epoch
     optim: OptimConfig = field(default_factory=OptimConfig)
 
@@ -43,6 +44,7 @@ class AutoencoderConfig:
         check_positive(f"{prefix}latent_dim", self.latent_dim)
         check_positive(f"{prefix}base_width", self.base_width)
         check_positive(f"{prefix}prior_images", self.prior_images)
+        check_positive(f"{prefix}res_blocks", self.res_blocks, allow_zero=True)
         check_choice(f"{prefix}activation", self.activation, ("relu", "leaky_relu"))
         check_choice(f"{prefix}recon_loss", self.recon_loss, tuple(RECONSTRUCTION_LOSSES))
         if not 0 <= self.dropout < 1:
@@ -62,6 +64,19 @@ def fit_gaussian(codes: torch.Tensor, jitter: float = 1e-5) -> tuple[torch.Tenso
 
 
 @torch.no_grad()
+def add_prior_buffers(decoder: torch.nn.Module, latent_dim: int, device: torch.device) -> None:
+    """The sampling Gaussian over codes (mean, Cholesky factor of the covariance), N(0, I) until
+    fitted: buffers of the decoder, so every snapshot and the EMA carry them."""
+    decoder.register_buffer("prior_mean", torch.zeros(latent_dim, device=device))
+    decoder.register_buffer("prior_chol", torch.eye(latent_dim, device=device))
+
+
+def from_prior(decoder: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """Standard-normal ``z`` -> a code of the decoder's fitted Gaussian, mean + L z."""
+    decoder = unwrap(decoder)
+    return decoder.prior_mean + z.float() @ decoder.prior_chol.T
+
+
 def refit_prior(method, code, images: torch.Tensor) -> None:
     """Fit the Gaussian to ``code(x)`` of uint8 ``images`` (eval mode) into the decoder's buffers."""
     with method.evaluating():
@@ -93,10 +108,9 @@ class AutoencoderMethod(Method):
         widths = widths_for(size, cfg.widths, cfg.base_width)
         self.encoder = ConvEncoder(channels, widths, cfg.latent_dim, cfg.activation, cfg.dropout,
                                    variational=False).to(device)
-        self.decoder = ConvDecoder(channels, widths, cfg.latent_dim, cfg.activation, cfg.dropout).to(device)
-        # The sampling Gaussian over codes: buffers of the decoder, so every snapshot carries them.
-        self.decoder.register_buffer("prior_mean", torch.zeros(cfg.latent_dim, device=device))
-        self.decoder.register_buffer("prior_chol", torch.eye(cfg.latent_dim, device=device))
+        self.decoder = ConvDecoder(channels, widths, cfg.latent_dim, cfg.activation, cfg.dropout,
+                                   cfg.res_blocks).to(device)
+        add_prior_buffers(self.decoder, cfg.latent_dim, device)
         self.opt = make_optimizer(cfg.optim, [*self.encoder.parameters(), *self.decoder.parameters()], device)
         self.sched = make_scheduler(cfg.optim, self.opt)
         self.recon_loss = RECONSTRUCTION_LOSSES[cfg.recon_loss]
@@ -145,9 +159,7 @@ class AutoencoderMethod(Method):
         self.fit_prior(train_images)  # so grids before the first epoch end decode codes of the right scale
 
     def generate(self, z):
-        decoder = unwrap(self.decoder)
-        codes = decoder.prior_mean + z.float() @ decoder.prior_chol.T
-        return self.decode(self.decoder(codes)).float()
+        return self.decode(self.decoder(from_prior(self.decoder, z))).float()
 
     def encode_latent(self, x):
         """The whitened code L^-1 (code - mean): where generate() maps it back to this image."""

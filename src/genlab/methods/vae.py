@@ -12,6 +12,7 @@ from genlab.config import OptimConfig, check_choice, check_positive
 from genlab.errors import GenlabError
 from genlab.losses.vae import RECONSTRUCTION_LOSSES, kl_divergence
 from genlab.methods import METHODS
+from genlab.methods.autoencoder import add_prior_buffers, from_prior, refit_prior, whiten
 from genlab.methods.base import Method, unwrap
 from genlab.methods.step import make_optimizer, make_scheduler
 from genlab.models.blocks import widths_for
@@ -25,6 +26,7 @@ class VAEConfig:
     base_width: int = 32  # first width when `widths` is empty
     activation: str = "leaky_relu"  # relu | leaky_relu (slope 0.2)
     dropout: float = 0.0  # dropout after every hidden block of encoder and decoder
+    res_blocks: int = 0  # residual blocks after each up-sampling step of the decoder (0 = seed 002's plain decoder)
     recon_loss: str = "mse"  # mse (decoder output through tanh) | bce (through sigmoid)
     kl_weight: float = 1.0  # weight of the KL term; see genlab.losses.vae for the reduction convention
     decoder_variance: str = "fixed"  # fixed (MSE/BCE + kl_weight * KL) | optimal: sigma-VAE (Rybkin et al. 2021), the
@@ -51,6 +53,7 @@ class VAEConfig:
         check_positive(f"{prefix}logvar_limit", self.logvar_limit, allow_zero=True)
         check_positive(f"{prefix}kl_cycle_steps", self.kl_cycle_steps, allow_zero=True)
         check_positive(f"{prefix}iw_samples", self.iw_samples)
+        check_positive(f"{prefix}res_blocks", self.res_blocks, allow_zero=True)
         if not 0 < self.kl_cycle_ratio <= 1:
             raise GenlabError(f"config key '{prefix}kl_cycle_ratio' must be in (0, 1], got {self.kl_cycle_ratio}")
         check_choice(f"{prefix}activation", self.activation, ("relu", "leaky_relu"))
@@ -80,13 +83,13 @@ class VAEMethod(Method):
         channels, size, _ = image_shape
         widths = widths_for(size, cfg.widths, cfg.base_width)
         self.encoder = ConvEncoder(channels, widths, cfg.latent_dim, cfg.activation, cfg.dropout).to(device)
-        self.decoder = ConvDecoder(channels, widths, cfg.latent_dim, cfg.activation, cfg.dropout).to(device)
+        self.decoder = ConvDecoder(channels, widths, cfg.latent_dim, cfg.activation, cfg.dropout,
+                                   cfg.res_blocks).to(device)
         self.opt = make_optimizer(cfg.optim, [*self.encoder.parameters(), *self.decoder.parameters()], device)
         self.sched = make_scheduler(cfg.optim, self.opt)
         self.recon_loss = RECONSTRUCTION_LOSSES[cfg.recon_loss]
-        if cfg.prior == "fitted":  # buffers of the decoder, so every snapshot and the EMA carry them
-            self.decoder.register_buffer("prior_mean", torch.zeros(cfg.latent_dim, device=device))
-            self.decoder.register_buffer("prior_chol", torch.eye(cfg.latent_dim, device=device))
+        if cfg.prior == "fitted":
+            add_prior_buffers(self.decoder, cfg.latent_dim, device)
         self.decoder_sigma: float | None = None  # the Gaussian decoder's scale, fitted by fit_likelihood
 
     def networks(self):
@@ -122,8 +125,6 @@ class VAEMethod(Method):
         mean = self.encode(x)[0]
         if self.cfg.prior != "fitted":
             return mean
-        from genlab.methods.autoencoder import whiten
-
         return whiten(unwrap(self.decoder), mean)
 
     @torch.no_grad()
@@ -132,8 +133,6 @@ class VAEMethod(Method):
         ``model.prior_images`` training images."""
         if self.cfg.prior != "fitted":
             return
-        from genlab.methods.autoencoder import refit_prior
-
         refit_prior(self, lambda x: self.encode(x)[0], train_images[: self.cfg.prior_images])
 
     def prepare(self, train_images):
@@ -197,8 +196,7 @@ class VAEMethod(Method):
 
     def generate(self, z):
         if self.cfg.prior == "fitted":
-            decoder = unwrap(self.decoder)
-            z = decoder.prior_mean + z.float() @ decoder.prior_chol.T
+            z = from_prior(self.decoder, z)
         return self.decode(self.decoder(z)).float()
 
     @torch.inference_mode()

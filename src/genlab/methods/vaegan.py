@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from genlab.config import OptimConfig, check_choice, check_positive
 from genlab.losses.vae import kl_divergence
 from genlab.methods import METHODS
+from genlab.methods.autoencoder import add_prior_buffers, from_prior, refit_prior, whiten
 from genlab.methods.base import Method, unwrap
 from genlab.methods.step import frozen, make_optimizer
 from genlab.models.blocks import widths_for
@@ -52,6 +53,10 @@ class VAEGANConfig:
     pixel_weight: float = 0.0  # a pixel MSE term beside L_llike, in the encoder's and decoder's losses; 0 = off
     fakes: str = "both"  # what the GAN term sees as fake: both (reconstructions and prior samples) | recon | samples
     logvar_limit: float = 10.0  # |log-variance| of q(z|x) bounded smoothly (as the VAE)
+    res_blocks: int = 0  # residual blocks after each up-sampling step of the decoder (as the VAE's)
+    prior: str = "standard"  # what samples are drawn from: standard N(0, I) | fitted (as the VAE's); the GAN term's
+    #                          prior samples in training come from the same Gaussian
+    prior_images: int = 10_000  # prior fitted: training images whose posterior means it is fitted to
     enc_optim: OptimConfig = field(default_factory=_optim)
     dec_optim: OptimConfig = field(default_factory=_optim)
     d_optim: OptimConfig = field(default_factory=_optim)
@@ -63,6 +68,9 @@ class VAEGANConfig:
             check_positive(f"{prefix}{key}", getattr(self, key), allow_zero=True)
         check_choice(f"{prefix}activation", self.activation, ("relu", "leaky_relu"))
         check_choice(f"{prefix}fakes", self.fakes, ("both", "recon", "samples"))
+        check_choice(f"{prefix}prior", self.prior, ("standard", "fitted"))
+        check_positive(f"{prefix}prior_images", self.prior_images)
+        check_positive(f"{prefix}res_blocks", self.res_blocks, allow_zero=True)
 
 
 @METHODS.register("vaegan", aliases=("vae-gan",))
@@ -79,7 +87,9 @@ class VAEGANMethod(Method):
         widths = widths_for(size, cfg.widths, cfg.base_width)
         d_widths = widths_for(size, cfg.d_widths or widths, cfg.base_width, "model.d_widths")
         self.encoder = ConvEncoder(channels, widths, cfg.latent_dim, cfg.activation, 0.0).to(device)
-        self.decoder = ConvDecoder(channels, widths, cfg.latent_dim, cfg.activation, 0.0).to(device)
+        self.decoder = ConvDecoder(channels, widths, cfg.latent_dim, cfg.activation, 0.0, cfg.res_blocks).to(device)
+        if cfg.prior == "fitted":
+            add_prior_buffers(self.decoder, cfg.latent_dim, device)
         # layer norm in D: its features are compared image by image, so no batch coupling
         self.discriminator = DCGANDiscriminator(channels, d_widths, norm="layer", size=size).to(device)
         dcgan_init_(self.discriminator)
@@ -105,7 +115,17 @@ class VAEGANMethod(Method):
         return mean, (limit * torch.tanh(logvar / limit) if limit > 0 else logvar)
 
     def encode_latent(self, x):
-        return self.encode(x)[0]
+        """The posterior mean; with a fitted prior, whitened by it (as the VAE's)."""
+        mean = self.encode(x)[0]
+        return whiten(unwrap(self.decoder), mean) if self.cfg.prior == "fitted" else mean
+
+    @torch.no_grad()
+    def fit_prior(self, train_images):
+        if self.cfg.prior == "fitted":
+            refit_prior(self, lambda x: self.encode(x)[0], train_images[: self.cfg.prior_images])
+
+    def prepare(self, train_images):
+        self.fit_prior(train_images)
 
     def _parts(self, x, eps, zp, discriminator):
         """Everything the three losses share, on one micro-batch."""
@@ -131,6 +151,8 @@ class VAEGANMethod(Method):
         cfg, n = self.cfg, x.shape[0]
         eps = torch.randn(n, cfg.latent_dim, device=x.device)  # drawn for the whole batch, before any split
         zp = torch.randn(n, cfg.latent_dim, device=x.device)
+        if cfg.prior == "fitted":  # the GAN term trains the decoder on the codes it will be sampled at
+            zp = from_prior(self.decoder, zp).detach()
         plain_d = unwrap(self.discriminator)
 
         # 1. Discriminator: L_GAN on real images and detached fakes.
@@ -185,6 +207,8 @@ class VAEGANMethod(Method):
         return {"kl": kl_divergence(p["mean"], p["logvar"]).mean(), "llike": llike, "pixel": pixel}
 
     def generate(self, z):
+        if self.cfg.prior == "fitted":
+            z = from_prior(self.decoder, z)
         return torch.tanh(self.decoder(z)).float()
 
     @torch.inference_mode()

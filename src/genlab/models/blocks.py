@@ -70,6 +70,28 @@ def up_block(c_in: int, c_out: int, act: str, norm: bool | str = True, dropout: 
     return nn.Sequential(*layers)
 
 
+class ResidualBlock(nn.Module):
+    """Two 3x3 convolutions with normalisation and an identity skip, x + F(x), at constant width and
+    size (He et al. 2016): depth that a decoder can add at each resolution without making its
+    gradients harder to pass (the deeper decoders of Vahdat & Kautz 2020's NVAE and of VQGAN). The
+    second normalisation's scale starts at zero, so each block begins as the identity (Goyal et al.
+    2017) and a decoder with blocks starts where the plain one does."""
+
+    def __init__(self, channels: int, act: str, norm: str = "batch"):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, 1, 1, bias=norm == "none"), norm_layer(norm, channels), activation(act),
+            nn.Conv2d(channels, channels, 3, 1, 1, bias=norm == "none"), norm_layer(norm, channels))
+        last = self.body[-1]
+        if getattr(last, "weight", None) is not None:
+            nn.init.zeros_(last.weight)
+        else:  # no normalisation: the last convolution starts at zero instead
+            nn.init.zeros_(self.body[-2].weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
 NORMS = ("batch", "instance", "layer", "none")
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from genlab.models.blocks import down_block, up_block
+from genlab.models.blocks import ResidualBlock, down_block, up_block
 
 BOTTOM = 4  # side of the smallest feature map, in pixels
 
@@ -34,9 +34,12 @@ class ConvEncoder(nn.Module):
 
 class ConvDecoder(nn.Module):
     """z (B, latent_dim) -> unbounded image-shaped output (B, C, S, S); the method applies the
-    output non-linearity that its reconstruction loss needs (tanh for MSE, sigmoid for BCE)."""
+    output non-linearity that its reconstruction loss needs (tanh for MSE, sigmoid for BCE).
+    ``res_blocks`` residual blocks follow each up-sampling step (0: seed 002's plain decoder, with the
+    same parameter names as before the option existed)."""
 
-    def __init__(self, channels: int, widths: list[int], latent_dim: int, act: str, dropout: float):
+    def __init__(self, channels: int, widths: list[int], latent_dim: int, act: str, dropout: float,
+                 res_blocks: int = 0):
         super().__init__()
         widths = list(reversed(widths))  # deepest first
         self.start_shape = (widths[0], BOTTOM, BOTTOM)
@@ -44,6 +47,7 @@ class ConvDecoder(nn.Module):
         blocks = []
         for c_in, c_out in zip(widths[:-1], widths[1:]):
             blocks.append(up_block(c_in, c_out, act, dropout=dropout))
+            blocks.extend(ResidualBlock(c_out, act) for _ in range(res_blocks))
         self.features = nn.Sequential(*blocks)
         # The last step to full resolution outputs the image directly (no norm, no activation).
         self.to_image = nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1)
