@@ -61,18 +61,26 @@ def test_loss_falls_on_a_fixed_batch_and_resume_is_bit_exact(tmp_path):
             assert torch.equal(a[net][key], b[net][key]), f"{net}.{key}"
 
 
-def test_a_vae_with_a_fitted_prior_samples_from_its_codes_gaussian(tmp_path):
-    run = start_training(load_config("tiny-vae", ["model.prior=fitted"]), tmp_path, CPU, quiet=True)
-    method, cfg, _ = build_method_from_checkpoint(run / "checkpoints" / "last-inference.pt", CPU)
+def assert_prior_fitted_to_posterior_means(run):
+    """The run's sampling Gaussian equals a refit on its posterior means of the training images, and
+    generate(encode_latent(x)) decodes the posterior mean. Returns the run's config."""
     from genlab.data import build_dataset
 
+    method, cfg, _ = build_method_from_checkpoint(run / "checkpoints" / "last-inference.pt", CPU)
     data = build_dataset(cfg.data)
     with torch.no_grad(), method.evaluating():
         means = torch.cat([method.encode(to_model_range(data.train[i:i + 256]))[0] for i in range(0, len(data.train), 256)])
         mean, chol = fit_gaussian(means)
         assert torch.allclose(method.decoder.prior_mean, mean.float(), atol=1e-5)
+        assert torch.allclose(method.decoder.prior_chol, chol.float(), atol=1e-4)
         x = to_model_range(data.val[:4])
         assert torch.allclose(method.generate(method.encode_latent(x)), method.reconstruct(x), atol=1e-4)
+    return cfg
+
+
+def test_a_vae_with_a_fitted_prior_samples_from_its_codes_gaussian(tmp_path):
+    assert_prior_fitted_to_posterior_means(
+        start_training(load_config("tiny-vae", ["model.prior=fitted"]), tmp_path, CPU, quiet=True))
     standard, _, _ = build_method_from_checkpoint(
         start_training(load_config("tiny-vae"), tmp_path, CPU, quiet=True) / "checkpoints" / "last.pt", CPU)
     assert "prior_mean" not in standard.decoder.state_dict()  # the standard prior's checkpoints are unchanged
@@ -106,17 +114,7 @@ def test_residual_decoder_blocks_start_as_the_identity_and_train():
 
 def test_a_vaegan_with_a_fitted_prior_samples_and_trains_its_gan_term_from_the_codes_gaussian(tmp_path):
     run = start_training(load_config("tiny-vaegan", ["model.prior=fitted", "train.epochs=1"]), tmp_path, CPU, quiet=True)
-    method, cfg, _ = build_method_from_checkpoint(run / "checkpoints" / "last-inference.pt", CPU)
-    from genlab.data import build_dataset
-
-    data = build_dataset(cfg.data)
-    with torch.no_grad(), method.evaluating():
-        means = torch.cat([method.encode(to_model_range(data.train[i:i + 256]))[0] for i in range(0, len(data.train), 256)])
-        mean, chol = fit_gaussian(means)
-        assert torch.allclose(method.decoder.prior_mean, mean.float(), atol=1e-5)
-        assert torch.allclose(method.decoder.prior_chol, chol.float(), atol=1e-4)
-        x = to_model_range(data.val[:4])
-        assert torch.allclose(method.generate(method.encode_latent(x)), method.reconstruct(x), atol=1e-4)
+    cfg = assert_prior_fitted_to_posterior_means(run)
     # The GAN term's prior samples come from the fitted Gaussian: moving it changes D's loss.
     x = torch.rand(8, 1, 16, 16) * 2 - 1
     losses = []

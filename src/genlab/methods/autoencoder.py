@@ -88,6 +88,25 @@ def refit_prior(method, code, images: torch.Tensor) -> None:
     decoder.prior_chol.copy_(chol.float())
 
 
+class PosteriorPrior:
+    """`model.prior` (standard | fitted) and `model.prior_images` for a family whose ``encode(x)``
+    returns q(z|x)'s mean and log-variance (the VAE, the VAE–GAN): with ``fitted``, the sampling
+    Gaussian is refitted to the posterior means (buffers of the decoder, `add_prior_buffers`) and
+    ``encode_latent`` whitens by it, so generate(encode_latent(x)) decodes the posterior mean."""
+
+    def encode_latent(self, x: torch.Tensor) -> torch.Tensor:
+        mean = self.encode(x)[0]
+        return whiten(unwrap(self.decoder), mean) if self.cfg.prior == "fitted" else mean
+
+    @torch.no_grad()
+    def fit_prior(self, train_images: torch.Tensor) -> None:
+        if self.cfg.prior == "fitted":
+            refit_prior(self, lambda x: self.encode(x)[0], train_images[: self.cfg.prior_images])
+
+    def prepare(self, train_images: torch.Tensor) -> None:
+        self.fit_prior(train_images)
+
+
 def whiten(decoder, codes: torch.Tensor) -> torch.Tensor:
     """L^-1 (code - mean) with the decoder's fitted Gaussian."""
     centred = (codes.float() - decoder.prior_mean)[:, :, None]

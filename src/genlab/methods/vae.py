@@ -12,8 +12,8 @@ from genlab.config import OptimConfig, check_choice, check_positive
 from genlab.errors import GenlabError
 from genlab.losses.vae import RECONSTRUCTION_LOSSES, kl_divergence
 from genlab.methods import METHODS
-from genlab.methods.autoencoder import add_prior_buffers, from_prior, refit_prior, whiten
-from genlab.methods.base import Method, unwrap
+from genlab.methods.autoencoder import PosteriorPrior, add_prior_buffers, from_prior
+from genlab.methods.base import Method
 from genlab.methods.step import make_optimizer, make_scheduler
 from genlab.models.blocks import widths_for
 from genlab.models.vae import ConvDecoder, ConvEncoder
@@ -69,7 +69,7 @@ class VAEConfig:
 
 
 @METHODS.register("vae")
-class VAEMethod(Method):
+class VAEMethod(PosteriorPrior, Method):
     name = "vae"
     config_class = VAEConfig
     has_encoder = True
@@ -118,25 +118,6 @@ class VAEMethod(Method):
         mean, logvar = self.encoder(x)
         limit = self.cfg.logvar_limit
         return mean, (limit * torch.tanh(logvar / limit) if limit > 0 else logvar)
-
-    def encode_latent(self, x: torch.Tensor) -> torch.Tensor:
-        """The posterior mean: the VAE's deterministic code of x (what a latent family diffuses); with
-        a fitted prior, whitened by it, so generate(encode_latent(x)) decodes the posterior mean."""
-        mean = self.encode(x)[0]
-        if self.cfg.prior != "fitted":
-            return mean
-        return whiten(unwrap(self.decoder), mean)
-
-    @torch.no_grad()
-    def fit_prior(self, train_images: torch.Tensor) -> None:
-        """prior fitted: the sampling Gaussian, refitted to the posterior means of the first
-        ``model.prior_images`` training images."""
-        if self.cfg.prior != "fitted":
-            return
-        refit_prior(self, lambda x: self.encode(x)[0], train_images[: self.cfg.prior_images])
-
-    def prepare(self, train_images):
-        self.fit_prior(train_images)
 
     def kl_beta(self, step: int) -> float:
         """Cyclical annealing (Fu et al. 2019, eq. 6 with a linear f): within each cycle of

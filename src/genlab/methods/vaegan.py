@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from genlab.config import OptimConfig, check_choice, check_positive
 from genlab.losses.vae import kl_divergence
 from genlab.methods import METHODS
-from genlab.methods.autoencoder import add_prior_buffers, from_prior, refit_prior, whiten
+from genlab.methods.autoencoder import PosteriorPrior, add_prior_buffers, from_prior
 from genlab.methods.base import Method, unwrap
 from genlab.methods.step import frozen, make_optimizer
 from genlab.models.blocks import widths_for
@@ -74,7 +74,7 @@ class VAEGANConfig:
 
 
 @METHODS.register("vaegan", aliases=("vae-gan",))
-class VAEGANMethod(Method):
+class VAEGANMethod(PosteriorPrior, Method):
     name = "vaegan"
     config_class = VAEGANConfig
     has_encoder = True
@@ -113,19 +113,6 @@ class VAEGANMethod(Method):
         mean, logvar = self.encoder(x)
         limit = self.cfg.logvar_limit
         return mean, (limit * torch.tanh(logvar / limit) if limit > 0 else logvar)
-
-    def encode_latent(self, x):
-        """The posterior mean; with a fitted prior, whitened by it (as the VAE's)."""
-        mean = self.encode(x)[0]
-        return whiten(unwrap(self.decoder), mean) if self.cfg.prior == "fitted" else mean
-
-    @torch.no_grad()
-    def fit_prior(self, train_images):
-        if self.cfg.prior == "fitted":
-            refit_prior(self, lambda x: self.encode(x)[0], train_images[: self.cfg.prior_images])
-
-    def prepare(self, train_images):
-        self.fit_prior(train_images)
 
     def _parts(self, x, eps, zp, discriminator):
         """Everything the three losses share, on one micro-batch."""
