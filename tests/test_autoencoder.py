@@ -125,3 +125,13 @@ def test_a_vaegan_with_a_fitted_prior_samples_and_trains_its_gan_term_from_the_c
         torch.manual_seed(1)
         losses.append(model.run_step(x, 0)["loss_d"].item())
     assert losses[0] != losses[1]
+
+
+def test_bad_residual_block_counts_and_priors_are_refused_before_training(cli, tmp_path):
+    for preset, override, message in [
+            ("tiny-vae", "model.res_blocks=-1", "config key 'model.res_blocks' must be >= 0, got -1"),
+            ("tiny-ae", "model.res_blocks=-2", "config key 'model.res_blocks' must be >= 0, got -2"),
+            ("tiny-vaegan", "model.prior=gmm", "config key 'model.prior' must be one of standard, fitted, got 'gmm'")]:
+        code, _, err = cli("train", preset, override, "--runs-dir", tmp_path)
+        assert code == 2 and message in err and "Traceback" not in err, (preset, err)
+    assert not list(tmp_path.iterdir())
