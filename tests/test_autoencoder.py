@@ -5,7 +5,7 @@ import torch
 
 from genlab.data.convert import to_model_range
 from genlab.methods import build_method
-from genlab.methods.autoencoder import fit_gaussian
+from genlab.methods.autoencoder import add_prior_buffers, fit_gaussian, fit_mixture, from_prior, whiten
 from genlab.resolve import load_config
 from genlab.train.checkpoint import build_method_from_checkpoint, load_checkpoint
 from genlab.train.loop import resume_training, start_training
@@ -131,7 +131,72 @@ def test_bad_residual_block_counts_and_priors_are_refused_before_training(cli, t
     for preset, override, message in [
             ("tiny-vae", "model.res_blocks=-1", "config key 'model.res_blocks' must be >= 0, got -1"),
             ("tiny-ae", "model.res_blocks=-2", "config key 'model.res_blocks' must be >= 0, got -2"),
-            ("tiny-vaegan", "model.prior=gmm", "config key 'model.prior' must be one of standard, fitted, got 'gmm'")]:
-        code, _, err = cli("train", preset, override, "--runs-dir", tmp_path)
+            ("tiny-vaegan", "model.prior=gmm", "config key 'model.prior' must be one of standard, fitted, got 'gmm'"),
+            ("tiny-vae", "model.prior_components=0", "config key 'model.prior_components' must be > 0, got 0"),
+            ("tiny-ae", "model.prior_components=50+model.prior_images=40", "config key 'model.prior_components' (50) exceeds "
+                                                     "model.prior_images (40)")]:
+        code, _, err = cli("train", preset, *override.split("+"), "--runs-dir", tmp_path)
         assert code == 2 and message in err and "Traceback" not in err, (preset, err)
     assert not list(tmp_path.iterdir())
+
+
+def _mixture_decoder(weights, means, chols):
+    decoder = torch.nn.Module()
+    add_prior_buffers(decoder, means.shape[1], CPU, components=len(weights))
+    decoder.prior_weights.copy_(weights)
+    decoder.prior_means.copy_(means)
+    decoder.prior_chols.copy_(chols)
+    return decoder
+
+
+def test_the_mixture_fit_recovers_known_components_and_its_latent_map_is_exact():
+    g = torch.Generator().manual_seed(0)
+    weights = torch.tensor([0.2, 0.5, 0.3])
+    means = torch.tensor([[6.0, 0.0], [0.0, 6.0], [-6.0, -6.0]])
+    chols = torch.stack([torch.eye(2), torch.tensor([[1.0, 0], [0.5, 0.5]]), 0.5 * torch.eye(2)])
+    decoder = _mixture_decoder(weights, means, chols)
+    # z ~ N(0, I) through from_prior draws from the mixture: component shares and per-component moments
+    codes = from_prior(decoder, torch.randn(100_000, 2, generator=g))
+    nearest = (codes[:, None] - means[None]).square().sum(-1).argmin(1)
+    for k in range(3):
+        mine = codes[nearest == k]
+        assert abs(len(mine) / len(codes) - weights[k].item()) < 0.01
+        assert torch.allclose(mine.mean(0), means[k], atol=0.03)
+        assert torch.allclose(torch.cov(mine.T), chols[k] @ chols[k].T, atol=0.05)
+    # whiten inverts it, both ways, and its output is again N(0, I)
+    z = torch.randn(2000, 2, generator=g)
+    assert torch.allclose(whiten(decoder, from_prior(decoder, z)), z, atol=1e-3)
+    white = whiten(decoder, codes)
+    assert torch.allclose(from_prior(decoder, white), codes, atol=1e-3)
+    assert torch.allclose(white.mean(0), torch.zeros(2), atol=0.02) and torch.allclose(white.std(0), torch.ones(2), atol=0.02)
+    # EM on these codes finds the components again (in some order)
+    w, m, c = fit_mixture(codes, 3)
+    order = [int((m - means[k].double()).square().sum(1).argmin()) for k in range(3)]
+    assert torch.allclose(w[order].float(), weights, atol=0.01)
+    assert torch.allclose(m[order].float(), means, atol=0.05)
+    assert torch.allclose((c @ c.transpose(1, 2))[order].float(), chols @ chols.transpose(1, 2), atol=0.05)
+
+
+def test_a_vae_with_a_mixture_prior_trains_samples_and_resumes_bit_exactly(tmp_path):
+    from genlab.data import build_dataset
+
+    over = ["model.prior=fitted", "model.prior_components=3", "train.epochs=2"]
+    run = start_training(load_config("tiny-vae", over), tmp_path, CPU, quiet=True)
+    method, cfg, _ = build_method_from_checkpoint(run / "checkpoints" / "last-inference.pt", CPU)
+    data = build_dataset(cfg.data)
+    with torch.no_grad(), method.evaluating():
+        means = torch.cat([method.encode(to_model_range(data.train[i:i + 256]))[0] for i in range(0, len(data.train), 256)])
+        weights, centres, chols = fit_mixture(means, 3)
+        assert torch.allclose(method.decoder.prior_weights, weights.float(), atol=1e-5)
+        assert torch.allclose(method.decoder.prior_means, centres.float(), atol=1e-4)
+        x = to_model_range(data.val[:4])
+        assert torch.allclose(method.generate(method.encode_latent(x)), method.reconstruct(x), atol=1e-4)
+    assert torch.equal(method.sample(6, 0), method.sample(6, 0, batch_size=4))
+    split = start_training(load_config("tiny-vae", over + ["train.max_steps=5"]), tmp_path, CPU, quiet=True)
+    resume_training(split, ["train.max_steps=null"], CPU, quiet=True)
+    a, b = (load_checkpoint(r / "checkpoints" / "last.pt")["state"]["networks"]["decoder"] for r in (run, split))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for family in ("tiny-ae", "tiny-vaegan"):  # the other encoder families take the same key
+        model = build_method(load_config(family, ["model.prior=fitted", "model.prior_components=2"]
+                                         if family == "tiny-vaegan" else ["model.prior_components=2"]), (1, 16, 16), CPU)
+        assert model.decoder.prior_means.shape == (2, cfg.model.latent_dim if family != "tiny-ae" else model.cfg.latent_dim)

@@ -38,17 +38,27 @@ class AutoencoderConfig:
     recon_loss: str = "mse"  # mse (through tanh) | bce (through sigmoid)
     res_blocks: int = 0  # residual blocks after each up-sampling step of the decoder (0 = seed 003's plain decoder)
     prior_images: int = 10_000  # training images whose codes the sampling Gaussian is fitted to, each epoch
+    prior_components: int = 1  # 1: one full-covariance Gaussian; K > 1: a mixture of K (Ghosh et al. 2020 use 10)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def validate(self, prefix: str = "model.") -> None:
         check_positive(f"{prefix}latent_dim", self.latent_dim)
         check_positive(f"{prefix}base_width", self.base_width)
         check_positive(f"{prefix}prior_images", self.prior_images)
+        check_prior_components(self, prefix)
         check_positive(f"{prefix}res_blocks", self.res_blocks, allow_zero=True)
         check_choice(f"{prefix}activation", self.activation, ("relu", "leaky_relu"))
         check_choice(f"{prefix}recon_loss", self.recon_loss, tuple(RECONSTRUCTION_LOSSES))
         if not 0 <= self.dropout < 1:
             raise GenlabError(f"config key '{prefix}dropout' must be in [0, 1), got {self.dropout}")
+
+
+def check_prior_components(cfg, prefix: str) -> None:
+    """A mixture needs at least as many codes to fit as components."""
+    check_positive(f"{prefix}prior_components", cfg.prior_components)
+    if cfg.prior_components > cfg.prior_images:
+        raise GenlabError(f"config key '{prefix}prior_components' ({cfg.prior_components}) exceeds "
+                          f"{prefix}prior_images ({cfg.prior_images}): each component needs codes to fit")
 
 
 def fit_gaussian(codes: torch.Tensor, jitter: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,33 +73,87 @@ def fit_gaussian(codes: torch.Tensor, jitter: float = 1e-5) -> tuple[torch.Tenso
     return mean, torch.linalg.cholesky(cov)
 
 
+def fit_mixture(codes: torch.Tensor, components: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A mixture of ``components`` full-covariance Gaussians fitted to ``codes`` by EM (scikit-learn's
+    GaussianMixture, k-means initialisation, seeded): weights (K,), means (K, D) and the Cholesky
+    factors of the covariances (K, D, D), float64. Ghosh et al. 2020 (section 4) sample their
+    autoencoders from such a mixture (10 components) fitted after training. The codes are scaled to
+    unit variance for the fit, so the covariance floor is relative, as ``fit_gaussian``'s jitter."""
+    from sklearn.mixture import GaussianMixture
+
+    codes = codes.double().cpu()
+    scale = codes.std().clamp(min=1e-12)
+    mixture = GaussianMixture(components, covariance_type="full", reg_covar=1e-5, random_state=seed)
+    mixture.fit((codes / scale).numpy())
+    covariances = torch.from_numpy(mixture.covariances_) * scale**2
+    return (torch.from_numpy(mixture.weights_), torch.from_numpy(mixture.means_) * scale,
+            torch.linalg.cholesky(covariances))
+
+
 @torch.no_grad()
-def add_prior_buffers(decoder: torch.nn.Module, latent_dim: int, device: torch.device) -> None:
-    """The sampling Gaussian over codes (mean, Cholesky factor of the covariance), N(0, I) until
-    fitted: buffers of the decoder, so every snapshot and the EMA carry them."""
-    decoder.register_buffer("prior_mean", torch.zeros(latent_dim, device=device))
-    decoder.register_buffer("prior_chol", torch.eye(latent_dim, device=device))
+def add_prior_buffers(decoder: torch.nn.Module, latent_dim: int, device: torch.device, components: int = 1) -> None:
+    """The sampling density over codes, kept as buffers of the decoder so every snapshot and the EMA
+    carry it: one Gaussian (mean, Cholesky factor of the covariance; N(0, I) until fitted), or with
+    ``components`` > 1 a mixture (weights, means, Cholesky factors; equal N(0, I) components until fitted)."""
+    if components == 1:
+        decoder.register_buffer("prior_mean", torch.zeros(latent_dim, device=device))
+        decoder.register_buffer("prior_chol", torch.eye(latent_dim, device=device))
+        return
+    decoder.register_buffer("prior_weights", torch.full((components,), 1 / components, device=device))
+    decoder.register_buffer("prior_means", torch.zeros(components, latent_dim, device=device))
+    decoder.register_buffer("prior_chols", torch.eye(latent_dim, device=device).repeat(components, 1, 1))
+
+
+# A mixture's latent space stays a standard Gaussian, as every family's: the first coordinate of z
+# chooses the component and is then reused. u = Phi(z_0) falls in component k's share
+# [c_k - w_k, c_k) of [0, 1) with probability w_k, and within it (u - c_k + w_k) / w_k is again
+# uniform and independent of k, so z_0' = Phi^-1 of it and z_1.. are N(0, I) given k: the map
+# z -> mean_k + L_k z' draws exactly from the mixture, and whiten() inverts it code by code (with
+# the component of highest responsibility).
+_EDGE = 1e-12  # keeps Phi^-1's argument inside (0, 1)
+
+
+def _mixture_share(decoder, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    weights = decoder.prior_weights.double()
+    weights = weights / weights.sum()
+    return (weights.cumsum(0) - weights)[k], weights[k]
 
 
 def from_prior(decoder: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """Standard-normal ``z`` -> a code of the decoder's fitted Gaussian, mean + L z."""
+    """Standard-normal ``z`` -> a code of the decoder's fitted density: mean + L z for the Gaussian;
+    for a mixture, mean_k + L_k z' with the component k and z' read from z (above)."""
     decoder = unwrap(decoder)
-    return decoder.prior_mean + z.float() @ decoder.prior_chol.T
+    if not hasattr(decoder, "prior_weights"):
+        return decoder.prior_mean + z.float() @ decoder.prior_chol.T
+    u = torch.special.ndtr(z[:, 0].double())
+    edges = (decoder.prior_weights.double() / decoder.prior_weights.double().sum()).cumsum(0)
+    k = torch.searchsorted(edges, u.contiguous(), right=True).clamp(max=len(edges) - 1)
+    start, width = _mixture_share(decoder, k)
+    first = torch.special.ndtri(((u - start) / width).clamp(_EDGE, 1 - _EDGE)).float()
+    z = torch.cat([first[:, None], z[:, 1:].float()], dim=1)
+    return decoder.prior_means[k] + (decoder.prior_chols[k] @ z[:, :, None])[:, :, 0]
 
 
-def refit_prior(method, code, images: torch.Tensor) -> None:
-    """Fit the Gaussian to ``code(x)`` of uint8 ``images`` (eval mode) into the decoder's buffers."""
+def refit_prior(method, code, images: torch.Tensor, components: int = 1) -> None:
+    """Fit the density to ``code(x)`` of uint8 ``images`` (eval mode) into the decoder's buffers:
+    a Gaussian, or a mixture of ``components`` Gaussians (seeded, so a resumed run refits the same)."""
     with method.evaluating():
         codes = torch.cat([code(to_model_range(images[i : i + 256].to(method.device))).float()
                            for i in range(0, len(images), 256)])
-    mean, chol = fit_gaussian(codes)
     decoder = unwrap(method.decoder)
-    decoder.prior_mean.copy_(mean.float())
-    decoder.prior_chol.copy_(chol.float())
+    if components == 1:
+        mean, chol = fit_gaussian(codes)
+        decoder.prior_mean.copy_(mean.float())
+        decoder.prior_chol.copy_(chol.float())
+        return
+    weights, means, chols = fit_mixture(codes, components)
+    decoder.prior_weights.copy_(weights.float())
+    decoder.prior_means.copy_(means.float())
+    decoder.prior_chols.copy_(chols.float())
 
 
 class PosteriorPrior:
-    """`model.prior` (standard | fitted) and `model.prior_images` for a family whose ``encode(x)``
+    """`model.prior` (standard | fitted), `model.prior_components` and `model.prior_images` for a family whose ``encode(x)``
     returns q(z|x)'s mean and log-variance (the VAE, the VAE–GAN): with ``fitted``, the sampling
     Gaussian is refitted to the posterior means (buffers of the decoder, `add_prior_buffers`) and
     ``encode_latent`` whitens by it, so generate(encode_latent(x)) decodes the posterior mean."""
@@ -101,16 +165,30 @@ class PosteriorPrior:
     @torch.no_grad()
     def fit_prior(self, train_images: torch.Tensor) -> None:
         if self.cfg.prior == "fitted":
-            refit_prior(self, lambda x: self.encode(x)[0], train_images[: self.cfg.prior_images])
+            refit_prior(self, lambda x: self.encode(x)[0], train_images[: self.cfg.prior_images],
+                        self.cfg.prior_components)
 
     def prepare(self, train_images: torch.Tensor) -> None:
         self.fit_prior(train_images)
 
 
 def whiten(decoder, codes: torch.Tensor) -> torch.Tensor:
-    """L^-1 (code - mean) with the decoder's fitted Gaussian."""
-    centred = (codes.float() - decoder.prior_mean)[:, :, None]
-    return torch.linalg.solve_triangular(decoder.prior_chol, centred, upper=False)[:, :, 0]
+    """The inverse of from_prior: L^-1 (code - mean) for the Gaussian; for a mixture, the same with
+    the component of highest responsibility, its first coordinate put back into that component's
+    share of z_0 (see from_prior)."""
+    if not hasattr(decoder, "prior_weights"):
+        centred = (codes.float() - decoder.prior_mean)[:, :, None]
+        return torch.linalg.solve_triangular(decoder.prior_chol, centred, upper=False)[:, :, 0]
+    centred = (codes.float()[:, None, :] - decoder.prior_means[None])[..., None]  # (N, K, D, 1)
+    white = torch.linalg.solve_triangular(decoder.prior_chols[None], centred, upper=False)[..., 0]  # (N, K, D)
+    log_det = decoder.prior_chols.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # log |L_k|
+    log_resp = decoder.prior_weights.log() - log_det - 0.5 * white.square().sum(-1)
+    k = log_resp.argmax(1)
+    z = white[torch.arange(len(k), device=k.device), k]
+    start, width = _mixture_share(decoder, k)
+    u = start + width * torch.special.ndtr(z[:, 0].double())
+    first = torch.special.ndtri(u.clamp(_EDGE, 1 - _EDGE)).float()
+    return torch.cat([first[:, None], z[:, 1:]], dim=1)
 
 
 @METHODS.register("autoencoder", aliases=("ae",))
@@ -129,7 +207,7 @@ class AutoencoderMethod(Method):
                                    variational=False).to(device)
         self.decoder = ConvDecoder(channels, widths, cfg.latent_dim, cfg.activation, cfg.dropout,
                                    cfg.res_blocks).to(device)
-        add_prior_buffers(self.decoder, cfg.latent_dim, device)
+        add_prior_buffers(self.decoder, cfg.latent_dim, device, cfg.prior_components)
         self.opt = make_optimizer(cfg.optim, [*self.encoder.parameters(), *self.decoder.parameters()], device)
         self.sched = make_scheduler(cfg.optim, self.opt)
         self.recon_loss = RECONSTRUCTION_LOSSES[cfg.recon_loss]
@@ -172,7 +250,7 @@ class AutoencoderMethod(Method):
     def fit_prior(self, train_images: torch.Tensor) -> None:
         """The sampling Gaussian, refitted to the codes of the first ``model.prior_images`` training
         images (eval mode, the current weights)."""
-        refit_prior(self, self.code, train_images[: self.cfg.prior_images])
+        refit_prior(self, self.code, train_images[: self.cfg.prior_images], self.cfg.prior_components)
 
     def prepare(self, train_images):
         self.fit_prior(train_images)  # so grids before the first epoch end decode codes of the right scale

@@ -12,7 +12,7 @@ from genlab.config import OptimConfig, check_choice, check_positive
 from genlab.errors import GenlabError
 from genlab.losses.vae import RECONSTRUCTION_LOSSES, kl_divergence
 from genlab.methods import METHODS
-from genlab.methods.autoencoder import PosteriorPrior, add_prior_buffers, from_prior
+from genlab.methods.autoencoder import PosteriorPrior, add_prior_buffers, check_prior_components, from_prior
 from genlab.methods.base import Method
 from genlab.methods.step import make_optimizer, make_scheduler
 from genlab.models.blocks import widths_for
@@ -38,6 +38,7 @@ class VAEConfig:
     #                          covariance Gaussian fitted to the posterior means after every epoch (ex-post density
     #                          estimation, Ghosh et al. 2020), so samples come from where the codes are
     prior_images: int = 10_000  # prior fitted: training images whose posterior means it is fitted to
+    prior_components: int = 1  # prior fitted: 1 Gaussian, or a mixture of K full-covariance Gaussians (Ghosh et al. use 10)
     logvar_limit: float = 10.0  # |log-variance| of q(z|x) is bounded smoothly by this (0 = unbounded)
     iw_samples: int = 64  # k of the importance-weighted bound on log p(x) that bits per dimension report
     optim: OptimConfig = field(default_factory=OptimConfig)  # Adam, lr 1e-3, betas (0.9, 0.999)
@@ -61,6 +62,7 @@ class VAEConfig:
         check_choice(f"{prefix}decoder_variance", self.decoder_variance, ("fixed", "optimal"))
         check_choice(f"{prefix}prior", self.prior, ("standard", "fitted"))
         check_positive(f"{prefix}prior_images", self.prior_images)
+        check_prior_components(self, prefix)
         if self.decoder_variance == "optimal" and self.recon_loss != "mse":
             raise GenlabError(f"{prefix}decoder_variance=optimal is a Gaussian decoder's variance; it needs "
                               f"{prefix}recon_loss=mse, got {self.recon_loss}")
@@ -89,7 +91,7 @@ class VAEMethod(PosteriorPrior, Method):
         self.sched = make_scheduler(cfg.optim, self.opt)
         self.recon_loss = RECONSTRUCTION_LOSSES[cfg.recon_loss]
         if cfg.prior == "fitted":
-            add_prior_buffers(self.decoder, cfg.latent_dim, device)
+            add_prior_buffers(self.decoder, cfg.latent_dim, device, cfg.prior_components)
         self.decoder_sigma: float | None = None  # the Gaussian decoder's scale, fitted by fit_likelihood
 
     def networks(self):

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from genlab.config import OptimConfig, check_choice, check_positive
 from genlab.losses.vae import kl_divergence
 from genlab.methods import METHODS
-from genlab.methods.autoencoder import PosteriorPrior, add_prior_buffers, from_prior
+from genlab.methods.autoencoder import PosteriorPrior, add_prior_buffers, check_prior_components, from_prior
 from genlab.methods.base import Method, unwrap
 from genlab.methods.step import frozen, make_optimizer
 from genlab.models.blocks import widths_for
@@ -57,6 +57,7 @@ class VAEGANConfig:
     prior: str = "standard"  # what samples are drawn from: standard N(0, I) | fitted (as the VAE's); the GAN term's
     #                          prior samples in training come from the same Gaussian
     prior_images: int = 10_000  # prior fitted: training images whose posterior means it is fitted to
+    prior_components: int = 1  # prior fitted: 1 Gaussian, or a mixture of K full-covariance Gaussians (Ghosh et al. use 10)
     enc_optim: OptimConfig = field(default_factory=_optim)
     dec_optim: OptimConfig = field(default_factory=_optim)
     d_optim: OptimConfig = field(default_factory=_optim)
@@ -70,6 +71,7 @@ class VAEGANConfig:
         check_choice(f"{prefix}fakes", self.fakes, ("both", "recon", "samples"))
         check_choice(f"{prefix}prior", self.prior, ("standard", "fitted"))
         check_positive(f"{prefix}prior_images", self.prior_images)
+        check_prior_components(self, prefix)
         check_positive(f"{prefix}res_blocks", self.res_blocks, allow_zero=True)
 
 
@@ -89,7 +91,7 @@ class VAEGANMethod(PosteriorPrior, Method):
         self.encoder = ConvEncoder(channels, widths, cfg.latent_dim, cfg.activation, 0.0).to(device)
         self.decoder = ConvDecoder(channels, widths, cfg.latent_dim, cfg.activation, 0.0, cfg.res_blocks).to(device)
         if cfg.prior == "fitted":
-            add_prior_buffers(self.decoder, cfg.latent_dim, device)
+            add_prior_buffers(self.decoder, cfg.latent_dim, device, cfg.prior_components)
         # layer norm in D: its features are compared image by image, so no batch coupling
         self.discriminator = DCGANDiscriminator(channels, d_widths, norm="layer", size=size).to(device)
         dcgan_init_(self.discriminator)
