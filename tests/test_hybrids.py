@@ -202,3 +202,22 @@ def test_a_hybrid_without_a_vae_or_over_a_gan_is_refused(tmp_path, cli):
     gan = start_training(load_config("tiny-dcgan"), tmp_path / "gan", CPU, quiet=True)
     code, _, err = cli("train", "tiny-hybrid", f"init.from_run={gan}", "--runs-dir", tmp_path / "runs")
     assert code == 2 and "has no encoder with a flat latent; a latent GAN needs a VAE" in err
+
+
+def test_a_skip_generator_starts_as_the_identity_and_learns_a_correction(tmp_path, cli):
+    from genlab.models.latent_gan import LatentGenerator
+
+    torch.manual_seed(0)
+    g = LatentGenerator(8, 8, width=16, blocks=2, skip=True)
+    noise = torch.randn(5, 8)
+    assert torch.equal(g(noise), noise)  # zero last layer: N(0, I) in, N(0, I) out
+    target = torch.randn(5, 8)
+    opt = torch.optim.Adam(g.parameters(), lr=1e-2)
+    for _ in range(30):
+        opt.zero_grad()
+        loss = (g(noise) - target).square().mean()
+        loss.backward()
+        opt.step()
+    assert loss.item() < (noise - target).square().mean().item() / 2  # the correction is trained
+    code, _, err = cli("train", "tiny-hybrid", "model.g_skip=true", "model.noise_dim=4", "--runs-dir", tmp_path / "runs")
+    assert code == 2 and "g_skip" in err and "noise_dim" in err and not (tmp_path / "runs").exists()

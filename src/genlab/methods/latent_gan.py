@@ -55,6 +55,7 @@ class LatentGANConfig:
     width: int = 512  # G's and D's hidden width
     g_blocks: int = 4  # G's residual blocks
     d_blocks: int = 3  # D's hidden layers
+    g_skip: bool = False  # G = noise + a learned correction (zero at first): it starts at N(0, I); needs noise_dim 0
     loss: str = "nonsaturating"  # genlab.losses.gan: nonsaturating | lsgan | wgan-gp | hinge
     gp_weight: float = 10.0  # lambda of wgan-gp's penalty
     r1_gamma: float = 0.0  # R1 penalty on D's gradient at real (diffused) latents (Mescheder et al. 2018); 0 = off
@@ -77,6 +78,9 @@ class LatentGANConfig:
         for key in ("width", "g_blocks", "timesteps", "ada_interval", "ada_step"):
             check_positive(f"{prefix}{key}", getattr(self, key))
         check_choice(f"{prefix}diffusion", self.diffusion, ("none", "fixed", "adaptive"))
+        if self.g_skip and self.noise_dim:
+            raise GenlabError(f"config key '{prefix}g_skip' adds the noise to G's output, so G's noise is the "
+                              f"latent's size: leave {prefix}noise_dim at 0 (got {self.noise_dim})")
         if not 0 < self.ada_target < 1:
             raise GenlabError(f"config key '{prefix}ada_target' must be in (0, 1), got {self.ada_target}")
 
@@ -102,7 +106,8 @@ class LatentGANMethod(Method):
         self.first_stage = build_first_stage(cfg.first_stage, image_shape, device, NEEDS_VAE)
         (self.latent_dim,) = self.first_stage.latent_shape()
         self.noise_dim = cfg.noise_dim or self.latent_dim
-        self.generator = LatentGenerator(self.noise_dim, self.latent_dim, cfg.width, cfg.g_blocks).to(device)
+        self.generator = LatentGenerator(self.noise_dim, self.latent_dim, cfg.width, cfg.g_blocks,
+                                         skip=cfg.g_skip).to(device)
         self.discriminator = LatentCritic(self.latent_dim, cfg.width, cfg.d_blocks).to(device)
         if cfg.d_spectral_norm:
             spectral_norm_all(self.discriminator)

@@ -13,20 +13,29 @@ from genlab.models.unet import timestep_embedding
 
 class LatentGenerator(nn.Module):
     """noise (B, noise_dim) -> latent (B, latent_dim): linear in, residual blocks (LayerNorm,
-    LeakyReLU, linear), LayerNorm, linear out."""
+    LeakyReLU, linear), LayerNorm, linear out. With ``skip`` (noise_dim == latent_dim) the network is
+    a correction added to the noise itself, its last layer zero at initialisation: G starts as the
+    identity, so its latents start as N(0, I), the Gaussian a fitted-prior VAE samples from, and
+    training only has to learn what that Gaussian misses."""
 
-    def __init__(self, noise_dim: int, latent_dim: int, width: int = 512, blocks: int = 4):
+    def __init__(self, noise_dim: int, latent_dim: int, width: int = 512, blocks: int = 4, skip: bool = False):
         super().__init__()
+        if skip and noise_dim != latent_dim:
+            raise ValueError(f"a skip from noise to latent needs noise_dim == latent_dim, got {noise_dim} and {latent_dim}")
+        self.skip = skip
         self.inp = nn.Linear(noise_dim, width)
         self.blocks = nn.ModuleList(nn.Sequential(nn.LayerNorm(width), nn.LeakyReLU(0.2), nn.Linear(width, width))
                                     for _ in range(blocks))
         self.out = nn.Sequential(nn.LayerNorm(width), nn.LeakyReLU(0.2), nn.Linear(width, latent_dim))
+        if skip:
+            nn.init.zeros_(self.out[-1].weight)
+            nn.init.zeros_(self.out[-1].bias)
 
     def forward(self, noise: torch.Tensor) -> torch.Tensor:
         h = self.inp(noise)
         for block in self.blocks:
             h = h + block(h)
-        return self.out(h)
+        return noise + self.out(h) if self.skip else self.out(h)
 
 
 class LatentCritic(nn.Module):
