@@ -113,10 +113,11 @@ def add_prior_buffers(decoder: torch.nn.Module, latent_dim: int, device: torch.d
 _EDGE = 1e-12  # keeps Phi^-1's argument inside (0, 1)
 
 
-def _mixture_share(decoder, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _mixture_shares(decoder) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each component's share of [0, 1) starts, and its width (the normalised weights), float64."""
     weights = decoder.prior_weights.double()
     weights = weights / weights.sum()
-    return (weights.cumsum(0) - weights)[k], weights[k]
+    return weights.cumsum(0) - weights, weights
 
 
 def from_prior(decoder: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
@@ -125,11 +126,10 @@ def from_prior(decoder: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
     decoder = unwrap(decoder)
     if not hasattr(decoder, "prior_weights"):
         return decoder.prior_mean + z.float() @ decoder.prior_chol.T
+    starts, widths = _mixture_shares(decoder)
     u = torch.special.ndtr(z[:, 0].double())
-    edges = (decoder.prior_weights.double() / decoder.prior_weights.double().sum()).cumsum(0)
-    k = torch.searchsorted(edges, u.contiguous(), right=True).clamp(max=len(edges) - 1)
-    start, width = _mixture_share(decoder, k)
-    first = torch.special.ndtri(((u - start) / width).clamp(_EDGE, 1 - _EDGE)).float()
+    k = torch.searchsorted(starts + widths, u.contiguous(), right=True).clamp(max=len(widths) - 1)
+    first = torch.special.ndtri(((u - starts[k]) / widths[k]).clamp(_EDGE, 1 - _EDGE)).float()
     z = torch.cat([first[:, None], z[:, 1:].float()], dim=1)
     return decoder.prior_means[k] + (decoder.prior_chols[k] @ z[:, :, None])[:, :, 0]
 
@@ -185,8 +185,8 @@ def whiten(decoder, codes: torch.Tensor) -> torch.Tensor:
     log_resp = decoder.prior_weights.log() - log_det - 0.5 * white.square().sum(-1)
     k = log_resp.argmax(1)
     z = white[torch.arange(len(k), device=k.device), k]
-    start, width = _mixture_share(decoder, k)
-    u = start + width * torch.special.ndtr(z[:, 0].double())
+    starts, widths = _mixture_shares(decoder)
+    u = starts[k] + widths[k] * torch.special.ndtr(z[:, 0].double())
     first = torch.special.ndtri(u.clamp(_EDGE, 1 - _EDGE)).float()
     return torch.cat([first[:, None], z[:, 1:]], dim=1)
 
@@ -248,8 +248,8 @@ class AutoencoderMethod(Method):
 
     @torch.no_grad()
     def fit_prior(self, train_images: torch.Tensor) -> None:
-        """The sampling Gaussian, refitted to the codes of the first ``model.prior_images`` training
-        images (eval mode, the current weights)."""
+        """The sampling density (a Gaussian, or a mixture of ``model.prior_components``), refitted to
+        the codes of the first ``model.prior_images`` training images (eval mode, the current weights)."""
         refit_prior(self, self.code, train_images[: self.cfg.prior_images], self.cfg.prior_components)
 
     def prepare(self, train_images):
