@@ -179,8 +179,10 @@ def whiten(decoder, codes: torch.Tensor) -> torch.Tensor:
     if not hasattr(decoder, "prior_weights"):
         centred = (codes.float() - decoder.prior_mean)[:, :, None]
         return torch.linalg.solve_triangular(decoder.prior_chol, centred, upper=False)[:, :, 0]
-    centred = (codes.float()[:, None, :] - decoder.prior_means[None])[..., None]  # (N, K, D, 1)
-    white = torch.linalg.solve_triangular(decoder.prior_chols[None], centred, upper=False)[..., 0]  # (N, K, D)
+    # one triangular solve per component with the N codes as its right-hand sides: (K, D, N);
+    # broadcasting L_k over the codes instead copied a D x D factor per code (120 ms for 64 codes at D 128, K 50)
+    centred = codes.float().T[None] - decoder.prior_means[:, :, None]
+    white = torch.linalg.solve_triangular(decoder.prior_chols, centred, upper=False).permute(2, 0, 1)  # (N, K, D)
     log_det = decoder.prior_chols.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # log |L_k|
     log_resp = decoder.prior_weights.log() - log_det - 0.5 * white.square().sum(-1)
     k = log_resp.argmax(1)
