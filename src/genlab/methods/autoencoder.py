@@ -81,6 +81,9 @@ def fit_mixture(codes: torch.Tensor, components: int, seed: int = 0) -> tuple[to
     unit variance for the fit, so the covariance floor is relative, as ``fit_gaussian``'s jitter."""
     from sklearn.mixture import GaussianMixture
 
+    if len(codes) < components:
+        raise GenlabError(f"model.prior_components={components}: the mixture is fitted to the codes of the "
+                          f"training images, and there are only {len(codes)}; use at most that many components")
     codes = codes.double().cpu()
     scale = codes.std().clamp(min=1e-12)
     mixture = GaussianMixture(components, covariance_type="full", reg_covar=1e-5, random_state=seed)
