@@ -9,7 +9,9 @@ On a CPU: 32x32 and a few epochs, about 20 minutes for the default presets; on a
 An override's value ``@PRESET`` is the run directory of an earlier row of that preset in this
 benchmark (``@reference``: the reference's): the unbalanced GAN starts from seed 002's decoder with
 ``init.from_run=@reference``, the hybrid over the σ-VAE with ``init.from_run=@vae-celeba64``.
-Families without an encoder (a GAN, the hybrid) get SWD only.
+Families without an encoder (a GAN, the hybrid) get SWD only. ``--seeds 0,1,2`` trains every row once
+per seed (``train.seed``; ``@PRESET`` is that seed's run) and adds each spec's mean, minimum and maximum:
+one seed's SWD can move by a tenth between seeds, more than many of the changes it is asked to judge.
 
     python benchmarks/vae_quality.py --root ../shared/data/celeba --size 32 --epochs 3 \\
         --out benchmarks/results/vae_quality-cpu.json --grids docs/vae
@@ -41,6 +43,7 @@ def main() -> None:
     parser.add_argument("--reference", default="vae-celeba64-seed002", help="the preset the others are compared with")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--seeds", default="0", help="comma-separated train.seed values; each row is trained once per seed")
     parser.add_argument("--n", type=int, default=10_000, help="samples for SWD")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--runs", type=Path, default=None)
@@ -55,54 +58,89 @@ def main() -> None:
     runs = args.runs or Path(tempfile.mkdtemp(prefix="genlab-vae-quality-"))
     from genlab.methods import METHODS
 
-    rows, run_of, grid_names = [], {}, set()
-    for spec in split_top_level(args.presets):
-        preset, *variant = spec.split("+")
-        for i, v in enumerate(variant):
-            if "=@" in v:
-                key, name = v.split("=@", 1)
-                name = args.reference if name == "reference" else name
-                if name not in run_of:
-                    raise SystemExit(f"{spec}: @{name} needs a row of preset {name} earlier in --presets")
-                variant[i] = f"{key}={run_of[name]}"
-        overrides = [f"data.root={args.root}", f"data.size={args.size}", f"train.epochs={args.epochs}",
-                     "train.patience=null", "train.log_every=50", *variant]
-        cfg = load_config(preset, overrides)
-        print(f"{spec}: {args.epochs} epochs", flush=True)
-        start = time.perf_counter()
-        run = start_training(cfg, runs, device, quiet=True)
-        wall = time.perf_counter() - start
-        run_of.setdefault(preset, run)
-        summary = json.loads((run / "metrics.json").read_text())["train"]
-        metrics = ["swd", "recon"] if METHODS.get(cfg.method).has_encoder else ["swd"]
-        _, results = score_run(run, cfg, metrics, args.n, "val", device)
-        value = lambda key: results[key]["value"] if key in results else None
-        row = {"preset": preset, "spec": spec, "family": cfg.method, "overrides": overrides, "steps": summary["steps"],
-               "train_wall_s": round(wall, 1), "stopped_because": summary["stopped_because"],
-               "swd": value("swd"), "psnr": value("psnr"), "ssim": value("ssim"), "mse": value("mse"),
-               "protocols": {k: r["protocol"] for k, r in results.items()}}
-        rows.append(row)
-        print(f"  swd {row['swd']:.2f} psnr {row['psnr']} ssim {row['ssim']} ({wall:.0f} s)", flush=True)
-        if args.grids:
-            grids = sorted((run / "samples").glob("*.png"), key=lambda p: p.stat().st_mtime)
-            if grids:
-                name, k = f"{preset}-{args.size}", 2
-                while name in grid_names:  # the same preset in two variants
-                    name, k = f"{preset}-{args.size}-{k}", k + 1
-                grid_names.add(name)
-                row["grid"] = str(args.grids / f"{name}.png")
-                args.grids.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(grids[-1], row["grid"])
-    reference = next(r for r in rows if r["preset"] == args.reference)
-    for r in rows:
-        r["psnr_minus_reference_db"] = round(r["psnr"] - reference["psnr"], 3) if r["psnr"] is not None else None
-        r["swd_over_reference"] = round(r["swd"] / reference["swd"], 4)
+    rows, grid_names = [], set()
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+    for seed in seeds:
+        run_of = {}  # preset -> this seed's run, for @PRESET
+        for spec in split_top_level(args.presets):
+            preset, *variant = spec.split("+")
+            for i, v in enumerate(variant):
+                if "=@" in v:
+                    key, name = v.split("=@", 1)
+                    name = args.reference if name == "reference" else name
+                    if name not in run_of:
+                        raise SystemExit(f"{spec}: @{name} needs a row of preset {name} earlier in --presets")
+                    variant[i] = f"{key}={run_of[name]}"
+            overrides = [f"data.root={args.root}", f"data.size={args.size}", f"train.epochs={args.epochs}",
+                         "train.patience=null", "train.log_every=50", f"train.seed={seed}", *variant]
+            cfg = load_config(preset, overrides)
+            print(f"{spec} (seed {seed}): {args.epochs} epochs", flush=True)
+            start = time.perf_counter()
+            run = start_training(cfg, runs, device, quiet=True)
+            wall = time.perf_counter() - start
+            run_of.setdefault(preset, run)
+            summary = json.loads((run / "metrics.json").read_text())["train"]
+            metrics = ["swd", "recon"] if METHODS.get(cfg.method).has_encoder else ["swd"]
+            _, results = score_run(run, cfg, metrics, args.n, "val", device)
+            value = lambda key: results[key]["value"] if key in results else None
+            row = {"preset": preset, "spec": spec, "seed": seed, "family": cfg.method, "overrides": overrides,
+                   "steps": summary["steps"], "train_wall_s": round(wall, 1),
+                   "stopped_because": summary["stopped_because"], "swd": value("swd"), "psnr": value("psnr"),
+                   "ssim": value("ssim"), "mse": value("mse"),
+                   "protocols": {k: r["protocol"] for k, r in results.items()}}
+            rows.append(row)
+            print(f"  swd {row['swd']:.2f} psnr {row['psnr']} ssim {row['ssim']} ({wall:.0f} s)", flush=True)
+            if args.grids:
+                grids = sorted((run / "samples").glob("*.png"), key=lambda p: p.stat().st_mtime)
+                if grids:
+                    name, k = f"{preset}-{args.size}" + (f"-seed{seed}" if len(seeds) > 1 else ""), 2
+                    while name in grid_names:  # the same preset in two variants
+                        name, k = f"{preset}-{args.size}-{k}", k + 1
+                    grid_names.add(name)
+                    row["grid"] = str(args.grids / f"{name}.png")
+                    args.grids.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(grids[-1], row["grid"])
+    for seed in seeds:  # each row against the reference trained with the same seed
+        reference = next(r for r in rows if r["preset"] == args.reference and r["seed"] == seed)
+        for r in (r for r in rows if r["seed"] == seed):
+            r["psnr_minus_reference_db"] = round(r["psnr"] - reference["psnr"], 3) if r["psnr"] is not None else None
+            r["swd_over_reference"] = round(r["swd"] / reference["swd"], 4)
+    summaries = summarise(rows, args.reference)
     write_result(args.out, {"size": args.size, "epochs": args.epochs, "n": args.n, "reference": args.reference,
-                            "rows": rows}, device)
+                            "seeds": seeds, "rows": rows, "summaries": summaries}, device)
     for r in rows:
         recon = (f"psnr {r['psnr']:6.2f} ({r['psnr_minus_reference_db']:+.2f} dB)  ssim {r['ssim']:.4f}"
                  if r["psnr"] is not None else "no encoder")
-        print(f"{r['spec']:<70} swd {r['swd']:8.2f} ({r['swd_over_reference']:.2f}x)  {recon}  {r['train_wall_s']:.0f} s")
+        print(f"{r['spec']:<70} seed {r['seed']}  swd {r['swd']:8.2f} ({r['swd_over_reference']:.2f}x)  {recon}  "
+              f"{r['train_wall_s']:.0f} s")
+    if len(seeds) > 1:
+        for spec, m in summaries.items():
+            recon = f"psnr {m['psnr_mean']:6.2f} ({m['psnr_minus_reference_db']:+.2f} dB)" if m["psnr_mean"] else ""
+            print(f"{spec:<70} mean of {len(seeds)}: swd {m['swd_mean']:8.2f} [{m['swd_min']:.2f}, {m['swd_max']:.2f}] "
+                  f"({m['swd_over_reference']:.2f}x)  {recon}")
+
+
+def summarise(rows: list[dict], reference: str) -> dict:
+    """Per spec over its seeds: mean, minimum and maximum SWD and PSNR; ratios of the means against the
+    reference's means (the same seeds)."""
+    by_spec: dict[str, list[dict]] = {}
+    for r in rows:
+        by_spec.setdefault(r["spec"], []).append(r)
+    mean = lambda xs: sum(xs) / len(xs)
+    out = {}
+    for spec, rs in by_spec.items():
+        swd = [r["swd"] for r in rs]
+        psnr = [r["psnr"] for r in rs if r["psnr"] is not None]
+        out[spec] = {"seeds": [r["seed"] for r in rs], "swd_mean": round(mean(swd), 3), "swd_min": min(swd),
+                     "swd_max": max(swd), "psnr_mean": round(mean(psnr), 3) if psnr else None,
+                     "psnr_min": min(psnr) if psnr else None, "psnr_max": max(psnr) if psnr else None,
+                     "train_wall_s_mean": round(mean([r["train_wall_s"] for r in rs]), 1)}
+    ref = next(m for spec, m in out.items() if spec.split("+")[0] == reference)
+    for m in out.values():
+        m["swd_over_reference"] = round(m["swd_mean"] / ref["swd_mean"], 4)
+        m["psnr_minus_reference_db"] = (round(m["psnr_mean"] - ref["psnr_mean"], 3)
+                                        if m["psnr_mean"] is not None else None)
+    return out
 
 
 if __name__ == "__main__":
