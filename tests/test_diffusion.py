@@ -82,6 +82,7 @@ def test_the_discretised_decoder_is_a_distribution_over_the_256_values():
 
 def tiny(*overrides, shape=(1, 16, 16)):
     cfg = load_config("tiny-ddpm", list(overrides))
+    torch.manual_seed(0)  # the same network whatever ran before (a test's tolerance must not depend on the order)
     method = build_method(cfg, shape, CPU)
     with torch.no_grad():  # the output convolution starts at zero; make the network predict something
         g = torch.Generator().manual_seed(0)
@@ -104,7 +105,7 @@ def test_a_ddim_step_with_eta_zero_is_deterministic_and_inverts_to_its_order():
             assert torch.equal(a, b)  # eta = 0: no noise enters
             back = ddim_invert_step(process, a, t_prev, t, method.denoise(a, torch.full((2,), t_prev)))
         errors.append((back - x).abs().max().item())
-    assert errors[1] < 1e-3
+    assert errors[1] < 5e-3  # of x ~ N(0, I); over 12 initialisations the largest was 1.7e-3
     assert errors[1] < errors[0] / 4  # a quarter of the step: a first-order local error falls by 16
 
 
@@ -330,3 +331,7 @@ def test_latent_diffusion_preset_schedule_keeps_unclipped_ddim_stable():
     for steps in (10, cfg.sampler.steps, 250):
         assert max(ddim_error_gain(cfg.model.schedule, cfg.model.timesteps, steps)) < 2.0  # cosine: 631
     assert ddim_error_gain("cosine", 1000, 50)[0] > 100  # what the preset had, for the record
+    with pytest.raises(GenlabError, match="model.schedule=cosine with model.prediction=eps"):
+        load_config("ldm-celeba64", ["model.schedule=cosine"])
+    for fix in ("model.prediction=v", "model.clip_latents=true"):  # x_0 = sqrt(a) x_t - sqrt(1 - a) v is well posed
+        assert load_config("ldm-celeba64", ["model.schedule=cosine", fix]).model.schedule == "cosine"

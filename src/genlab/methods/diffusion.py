@@ -223,6 +223,14 @@ class LatentDiffusionMethod(_DiffusionBase):
     def check_config(cls, cfg) -> None:
         _check_sampler_steps(cfg)
         check_first_stage(cfg, "latent diffusion")
+        m = cfg.model
+        if m.schedule == "cosine" and m.prediction == "eps" and not m.clip_latents:
+            # The cosine schedule's last beta is clipped at 0.999 (Nichol & Dhariwal 2021), so alpha_bar
+            # falls 1000-fold in one step; x_0 = (x_t - sqrt(1 - a) eps) / sqrt(a) then multiplies the
+            # denoiser's error by ~600 in DDIM's first step, and nothing bounds unclipped latents after it.
+            raise GenlabError("model.schedule=cosine with model.prediction=eps on unclipped latents: the "
+                              "schedule's last step multiplies the denoiser's error ~600x when sampling; use "
+                              "model.schedule=linear, model.prediction=v or model.clip_latents=true")
 
     @classmethod
     def configure_from_base(cls, model_cfg, base_config) -> None:
