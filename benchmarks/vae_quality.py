@@ -12,6 +12,8 @@ benchmark (``@reference``: the reference's): the unbalanced GAN starts from seed
 Families without an encoder (a GAN, the hybrid) get SWD only. ``--seeds 0,1,2`` trains every row once
 per seed (``train.seed``; ``@PRESET`` is that seed's run) and adds each spec's mean, minimum and maximum:
 one seed's SWD can move by a tenth between seeds, more than many of the changes it is asked to judge.
+Seeds can also run as separate processes (one core each, ``--seeds 1 --out part1.json`` ...) and be
+joined afterwards with ``--merge part0.json part1.json ... --out all.json`` (ratios and summaries recomputed).
 
     python benchmarks/vae_quality.py --root ../shared/data/celeba --size 32 --epochs 3 \\
         --out benchmarks/results/vae_quality-cpu.json --grids docs/vae
@@ -36,7 +38,7 @@ WIDTHS_32 = "model.widths=[64,128,256]"  # the 64x64 presets' last three widths:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", type=Path, required=True, help="the CelebA folder")
+    parser.add_argument("--root", type=Path, help="the CelebA folder (required unless --merge)")
     parser.add_argument("--presets", default=f"vae-celeba64-seed002+{WIDTHS_32},vae-celeba64+{WIDTHS_32},"
                         f"vaegan-celeba64+{WIDTHS_32}+model.d_widths=[64,128,256]",
                         help="comma-separated; PRESET+key=value+... adapts a preset")
@@ -49,8 +51,14 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=None)
     parser.add_argument("--grids", type=Path, default=None)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--merge", type=Path, nargs="+", default=None,
+                        help="join the rows of these results (each of other seeds) into --out instead of training")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.merge:
+        return merge(args.merge, args.out, device)
+    if args.root is None:
+        parser.error("--root is required")
 
     from genlab.resolve import load_config
     from genlab.train.loop import start_training
@@ -100,14 +108,42 @@ def main() -> None:
                     row["grid"] = str(args.grids / f"{name}.png")
                     args.grids.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(grids[-1], row["grid"])
-    for seed in seeds:  # each row against the reference trained with the same seed
-        reference = next(r for r in rows if r["preset"] == args.reference and r["seed"] == seed)
-        for r in (r for r in rows if r["seed"] == seed):
-            r["psnr_minus_reference_db"] = round(r["psnr"] - reference["psnr"], 3) if r["psnr"] is not None else None
-            r["swd_over_reference"] = round(r["swd"] / reference["swd"], 4)
+    compare_to_reference(rows, seeds, args.reference)
     summaries = summarise(rows, args.reference)
     write_result(args.out, {"size": args.size, "epochs": args.epochs, "n": args.n, "reference": args.reference,
                             "seeds": seeds, "rows": rows, "summaries": summaries}, device)
+    report(rows, summaries, seeds)
+
+
+def compare_to_reference(rows: list[dict], seeds: list[int], reference_preset: str) -> None:
+    for seed in seeds:  # each row against the reference trained with the same seed
+        reference = next(r for r in rows if r["preset"] == reference_preset and r["seed"] == seed)
+        for r in (r for r in rows if r["seed"] == seed):
+            r["psnr_minus_reference_db"] = round(r["psnr"] - reference["psnr"], 3) if r["psnr"] is not None else None
+            r["swd_over_reference"] = round(r["swd"] / reference["swd"], 4)
+
+
+def merge(parts: list[Path], out: Path, device: torch.device) -> None:
+    """One result from results of the same presets and settings at other seeds (separate processes)."""
+    results = [json.loads(p.read_text()) for p in parts]
+    first = results[0]
+    for p, r in zip(parts, results):
+        if (r["size"], r["epochs"], r["n"], r["reference"]) != (first["size"], first["epochs"], first["n"], first["reference"]):
+            raise SystemExit(f"{p}: other settings than {parts[0]} (size, epochs, n or reference)")
+    rows = [row for r in results for row in r["rows"]]
+    seeds = [seed for r in results for seed in r["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"seeds {seeds}: a seed appears in more than one part")
+    compare_to_reference(rows, seeds, first["reference"])
+    summaries = summarise(rows, first["reference"])
+    write_result(out, {"size": first["size"], "epochs": first["epochs"], "n": first["n"], "reference": first["reference"],
+                       "seeds": seeds, "parts": [{"command": r["command"], "date": r["date"], "machine": r["machine"]}
+                                                 for r in results],
+                       "rows": rows, "summaries": summaries}, device)
+    report(rows, summaries, seeds)
+
+
+def report(rows: list[dict], summaries: dict, seeds: list[int]) -> None:
     for r in rows:
         recon = (f"psnr {r['psnr']:6.2f} ({r['psnr_minus_reference_db']:+.2f} dB)  ssim {r['ssim']:.4f}"
                  if r["psnr"] is not None else "no encoder")

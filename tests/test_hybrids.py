@@ -221,3 +221,28 @@ def test_a_skip_generator_starts_as_the_identity_and_learns_a_correction(tmp_pat
     assert loss.item() < (noise - target).square().mean().item() / 2  # the correction is trained
     code, _, err = cli("train", "tiny-hybrid", "model.g_skip=true", "model.noise_dim=4", "--runs-dir", tmp_path / "runs")
     assert code == 2 and "g_skip" in err and "noise_dim" in err and not (tmp_path / "runs").exists()
+
+
+def test_over_a_mixture_the_skip_generator_keeps_the_component_coordinate(tmp_path, cli):
+    from genlab.methods import build_method
+    from genlab.models.latent_gan import LatentGenerator
+
+    torch.manual_seed(0)
+    g = LatentGenerator(8, 8, width=16, blocks=2, skip=True, keep=1)
+    opt = torch.optim.Adam(g.parameters(), lr=1e-2)
+    noise, target = torch.randn(5, 8), torch.randn(5, 8)
+    for _ in range(30):
+        opt.zero_grad()
+        (g(noise) - target).square().mean().backward()
+        opt.step()
+    out = g(noise)
+    assert torch.equal(out[:, 0], noise[:, 0])  # the component's coordinate passes through exactly
+    assert (out[:, 1:] - noise[:, 1:]).abs().max() > 0.1  # the others are corrected
+    # the method keeps it only where the first stage samples from a mixture
+    mixture = start_training(load_config("tiny-vae", ["model.prior=fitted", "model.prior_components=3"]),
+                             tmp_path / "mix", CPU, quiet=True)
+    for first, kept in ((mixture, 0.0), (_vae_run(tmp_path), 1.0)):
+        cfg = load_config("tiny-hybrid", [f"init.from_run={first}", "model.g_skip=true", "model.g_keep_component=true"])
+        assert build_method(cfg, (1, 16, 16), CPU).generator.correction_mask[0].item() == kept
+    code, _, err = cli("train", "tiny-hybrid", "model.g_keep_component=true", "--runs-dir", tmp_path / "runs")
+    assert code == 2 and "g_keep_component" in err and "g_skip=true" in err and not (tmp_path / "runs").exists()

@@ -16,9 +16,11 @@ class LatentGenerator(nn.Module):
     LeakyReLU, linear), LayerNorm, linear out. With ``skip`` (noise_dim == latent_dim) the network is
     a correction added to the noise itself, its last layer zero at initialisation: G starts as the
     identity, so its latents start as N(0, I), the Gaussian a fitted-prior VAE samples from, and
-    training only has to learn what that Gaussian misses."""
+    training only has to learn what that Gaussian misses. ``keep`` leading coordinates of the noise pass
+    through uncorrected (with ``skip``): over a mixture prior the first one picks the component."""
 
-    def __init__(self, noise_dim: int, latent_dim: int, width: int = 512, blocks: int = 4, skip: bool = False):
+    def __init__(self, noise_dim: int, latent_dim: int, width: int = 512, blocks: int = 4, skip: bool = False,
+                 keep: int = 0):
         super().__init__()
         if skip and noise_dim != latent_dim:
             raise ValueError(f"a skip from noise to latent needs noise_dim == latent_dim, got {noise_dim} and {latent_dim}")
@@ -30,12 +32,18 @@ class LatentGenerator(nn.Module):
         if skip:
             nn.init.zeros_(self.out[-1].weight)
             nn.init.zeros_(self.out[-1].bias)
+        if keep and not skip:
+            raise ValueError("keeping noise coordinates uncorrected needs skip")
+        mask = torch.ones(latent_dim)
+        mask[:keep] = 0
+        # not persistent: a property of the configuration, and checkpoints from before it still load
+        self.register_buffer("correction_mask", mask, persistent=False)
 
     def forward(self, noise: torch.Tensor) -> torch.Tensor:
         h = self.inp(noise)
         for block in self.blocks:
             h = h + block(h)
-        return noise + self.out(h) if self.skip else self.out(h)
+        return noise + self.out(h) * self.correction_mask if self.skip else self.out(h)
 
 
 class LatentCritic(nn.Module):
