@@ -117,6 +117,7 @@ class LatentGANMethod(Method):
         # another component or to the +-7 sigma tail of its own. With 200 components (slivers of
         # ~0.01 in z_0) the hybrid's samples got worse than the mixture's it started from (30.80
         # against 28.59, README); keeping z_0 leaves the component to the mixture, G corrects the rest.
+        # Measured, it did not help (30.88 at that seed): the cause is elsewhere; the switch stays off.
         keep = int(cfg.g_keep_component and hasattr(unwrap(getattr(self.first_stage, "decoder", None)), "prior_weights"))
         self.generator = LatentGenerator(self.noise_dim, self.latent_dim, cfg.width, cfg.g_blocks,
                                          skip=cfg.g_skip, keep=keep).to(device)
