@@ -44,8 +44,7 @@ def main() -> None:
     device = torch.device(args.device)
 
     from genlab.data import build_dataset
-    from genlab.data.convert import to_model_range
-    from genlab.methods.autoencoder import add_prior_buffers, from_prior, refit_prior
+    from genlab.methods.autoencoder import add_prior_buffers, codes_of, from_prior, refit_prior
     from genlab.methods.base import unwrap
     from genlab.metrics.evaluate import Evaluator
     from genlab.metrics.settings import EvalSettings
@@ -55,12 +54,9 @@ def main() -> None:
     evaluator = Evaluator(build_dataset(cfg.data), cfg.data, EvalSettings(n=args.n, split="val", seed=0), device)
     train = evaluator.split_images("train")[: args.images]
     code = lambda x: method.encode(x)[0]  # noqa: E731 - the posterior mean, as the prior is fitted to
-    with method.evaluating():
-        encode_all = lambda images: torch.cat([code(to_model_range(images[i : i + 500].to(device)))  # noqa: E731
-                                               for i in range(0, len(images), 500)])
-        train_codes = encode_all(train)
-        val_codes = encode_all(evaluator.split_images("val")[:VALIDATION_CODES])
-        val_nearest = nearest_distance(val_codes, train_codes).median()
+    train_codes = codes_of(method, code, train)
+    val_codes = codes_of(method, code, evaluator.split_images("val")[:VALIDATION_CODES])
+    val_nearest = nearest_distance(val_codes, train_codes).median()
 
     decoder, latent_dim = unwrap(method.decoder), cfg.model.latent_dim
     rows = []

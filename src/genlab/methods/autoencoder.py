@@ -137,12 +137,18 @@ def from_prior(decoder: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
     return decoder.prior_means[k] + (decoder.prior_chols[k] @ z[:, :, None])[:, :, 0]
 
 
+@torch.no_grad()
+def codes_of(method, code, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """``code(x)`` of uint8 ``images``, batch by batch on the method's device, in eval mode (float32)."""
+    with method.evaluating():
+        return torch.cat([code(to_model_range(images[i : i + batch].to(method.device))).float()
+                          for i in range(0, len(images), batch)])
+
+
 def refit_prior(method, code, images: torch.Tensor, components: int = 1) -> None:
     """Fit the density to ``code(x)`` of uint8 ``images`` (eval mode) into the decoder's buffers:
     a Gaussian, or a mixture of ``components`` Gaussians (seeded, so a resumed run refits the same)."""
-    with method.evaluating():
-        codes = torch.cat([code(to_model_range(images[i : i + 256].to(method.device))).float()
-                           for i in range(0, len(images), 256)])
+    codes = codes_of(method, code, images)
     decoder = unwrap(method.decoder)
     if components == 1:
         mean, chol = fit_gaussian(codes)
