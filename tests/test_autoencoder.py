@@ -29,6 +29,22 @@ def test_the_gaussian_fit_recovers_a_known_covariance():
 
 def test_training_fits_the_prior_and_the_latent_maps_agree(tmp_path):
     run = start_training(load_config("tiny-ae"), tmp_path, CPU, quiet=True)
+    assert_prior_fitted_to_snapshot_codes(run)
+
+
+def test_with_ema_the_prior_is_fitted_to_the_averaged_encoders_codes(tmp_path):
+    run = start_training(load_config("tiny-ae", ["train.ema_decay=0.9", "train.epochs=2"]), tmp_path, CPU, quiet=True)
+    assert_prior_fitted_to_snapshot_codes(run)  # the snapshot holds the averages
+    checkpoint = load_checkpoint(run / "checkpoints" / "last.pt")
+    live, averaged = checkpoint["state"]["networks"], checkpoint["ema"]["networks"]
+    assert any(not torch.equal(live["encoder"][k], averaged["encoder"][k]) for k in live["encoder"])
+    for key in ("prior_mean", "prior_chol"):  # the live decoder (its samples in training) gets the same density
+        assert torch.equal(live["decoder"][key], averaged["decoder"][key])
+
+
+def assert_prior_fitted_to_snapshot_codes(run):
+    """The inference snapshot's Gaussian is the fit to its own encoder's codes of the training images,
+    and generate(encode_latent(x)) decodes the code."""
     method, cfg, _ = build_method_from_checkpoint(run / "checkpoints" / "last-inference.pt", CPU)
     from genlab.data import build_dataset
 

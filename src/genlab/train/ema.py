@@ -48,11 +48,12 @@ class EMA:
         self.updates += 1
 
     @torch.no_grad()
-    def copy_buffers(self) -> None:
-        """The live networks' buffers into the averages (after a family refits one: a fitted prior)."""
+    def buffers_to_live(self) -> None:
+        """The averages' buffers into the live networks (after a family refits one, a fitted prior,
+        with the averages swapped in)."""
         for name, net in self.targets.items():
             for s, b in zip(self.shadows[name].buffers(), net.buffers()):
-                s.copy_(b)
+                b.copy_(s)
 
     def to_memory_format(self, memory_format) -> None:
         for shadow in self.shadows.values():

@@ -368,9 +368,16 @@ class Trainer:
     def _end_of_epoch(self, writer: StatsWriter, evaluated: dict[str, float], results: dict[str, dict]) -> bool:
         """Validation, early stopping, grids and checkpoints (rank 0); True when training should stop."""
         p, cfg = self.progress, self.cfg.train
-        self.method.fit_prior(self.data.train)  # with the raw weights; the averages get its buffers
-        if self.ema is not None:
-            self.ema.copy_buffers()
+        if self.ema is None:
+            self.method.fit_prior(self.data.train)
+        else:
+            # fitted with the averages, the networks that sample and reconstruct: a density over the
+            # averaged encoder's codes, which the averaged decoder decodes (fitted to the live
+            # encoder's, it sat a little off them: a GAN-trained decoder moves between steps); the live
+            # networks get the same buffers, for the prior samples some families train on
+            with self.ema.applied(self.method):
+                self.method.fit_prior(self.data.train)
+            self.ema.buffers_to_live()
         record: dict = {"kind": "epoch", "step": p.step, "epoch": p.epoch}
         if (self.method.has_validation_loss or self.method.has_validation_step) and self.data.val is not None:
             record.update({f"val_{k}": v for k, v in self._validate().items()})
