@@ -246,3 +246,21 @@ def test_over_a_mixture_the_skip_generator_keeps_the_component_coordinate(tmp_pa
         assert build_method(cfg, (1, 16, 16), CPU).generator.correction_mask[0].item() == kept
     code, _, err = cli("train", "tiny-hybrid", "model.g_keep_component=true", "--runs-dir", tmp_path / "runs")
     assert code == 2 and "g_keep_component" in err and "g_skip=true" in err and not (tmp_path / "runs").exists()
+
+
+def test_lr_gamma_decays_each_optimizer_of_the_vaegan_and_the_hybrid_per_epoch(tmp_path):
+    """`lr_gamma` on any of a family's optimizers multiplies that learning rate after every epoch, and
+    leaves the others alone (both families once ignored it)."""
+    runs = {"vaegan": (start_training(load_config("tiny-vaegan", ["train.epochs=2", "model.dec_optim.lr_gamma=0.5"]),
+                                      tmp_path, CPU, quiet=True), "decoder", ("encoder", "discriminator"))}
+    vae = _vae_run(tmp_path)
+    runs["hybrid"] = (start_training(load_config("tiny-hybrid", [f"init.from_run={vae}", "model.d_optim.lr_gamma=0.5"]),
+                                     tmp_path / "h", CPU, quiet=True), "discriminator", ("generator",))
+    for family, (run, decayed, constant) in runs.items():
+        checkpoint = load_checkpoint(run / "checkpoints" / "last.pt")
+        cfg, state = checkpoint["config"]["model"], checkpoint["state"]
+        lr = {name: opt["param_groups"][0]["lr"] for name, opt in state["optimizers"].items()}
+        key = {"encoder": "enc_optim", "decoder": "dec_optim", "discriminator": "d_optim", "generator": "g_optim"}
+        assert lr[decayed] == cfg[key[decayed]]["lr"] * 0.25, family  # two epochs
+        assert all(lr[name] == cfg[key[name]]["lr"] for name in constant), family
+        assert set(state["schedulers"]) == {decayed}, family

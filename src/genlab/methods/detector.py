@@ -24,7 +24,7 @@ from genlab.data.convert import to_model_range
 from genlab.errors import GenlabError
 from genlab.methods import METHODS
 from genlab.methods.base import Method
-from genlab.methods.step import make_optimizer, make_scheduler
+from genlab.methods.step import decay_schedulers, make_optimizer
 from genlab.models import DETECTOR_ARCHS
 
 
@@ -62,7 +62,7 @@ class DetectorMethod(Method):
         super().__init__(cfg, image_shape, device)
         self.classifier = DETECTOR_ARCHS.get(cfg.arch)(image_shape, cfg.width).to(device)
         self.opt = make_optimizer(cfg.optim, self.classifier.parameters(), device)
-        self._schedulers = {"classifier": make_scheduler(cfg.optim, self.opt)} if cfg.optim.lr_gamma != 1.0 else {}
+        self._schedulers = decay_schedulers(classifier=(cfg.optim, self.opt))
         self.train_fakes: torch.Tensor | None = None  # uint8 pools, drawn when first needed
         self.val_fakes: torch.Tensor | None = None
 

@@ -19,7 +19,7 @@ from genlab.errors import GenlabError
 from genlab.losses.gan import GAN_LOSSES, gradient_penalty, r1_penalty
 from genlab.methods import METHODS
 from genlab.methods.base import Method, unwrap
-from genlab.methods.step import frozen, make_optimizer, make_scheduler
+from genlab.methods.step import decay_schedulers, frozen, make_optimizer
 from genlab.models import GAN_ARCHS
 
 
@@ -106,10 +106,7 @@ class GANMethod(Method):
         self.generator, self.discriminator = generator.to(device), discriminator.to(device)
         self.opt_g = make_optimizer(cfg.g_optim, self.generator.parameters(), device)
         self.opt_d = make_optimizer(cfg.d_optim, self.discriminator.parameters(), device)
-        # Per-epoch decay only where asked for, so runs without one keep checkpoints without schedulers.
-        self._schedulers = {name: make_scheduler(c, opt) for name, c, opt in
-                            (("generator", cfg.g_optim, self.opt_g), ("discriminator", cfg.d_optim, self.opt_d))
-                            if c.lr_gamma != 1.0}
+        self._schedulers = decay_schedulers(generator=(cfg.g_optim, self.opt_g), discriminator=(cfg.d_optim, self.opt_d))
         self.objective = GAN_LOSSES.get(cfg.loss)
         self.policy = parse_policy(cfg.diffaugment)
         # What D's outputs are called in the logs: probabilities only where they are (Goodfellow's BCE).

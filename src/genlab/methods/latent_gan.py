@@ -33,7 +33,7 @@ from genlab.losses.gan import GAN_LOSSES, gradient_penalty, r1_penalty
 from genlab.methods import METHODS
 from genlab.methods.base import Method, unwrap
 from genlab.methods.diffusion import build_first_stage, check_first_stage, latent_scale_of, record_first_stage
-from genlab.methods.step import frozen, make_optimizer
+from genlab.methods.step import decay_schedulers, frozen, make_optimizer
 from genlab.models.blocks import spectral_norm_all
 from genlab.models.latent_gan import LatentCritic, LatentGenerator
 
@@ -128,6 +128,7 @@ class LatentGANMethod(Method):
         self.generator.register_buffer("latent_scale", torch.ones((), device=device))
         self.opt_g = make_optimizer(cfg.g_optim, self.generator.parameters(), device)
         self.opt_d = make_optimizer(cfg.d_optim, self.discriminator.parameters(), device)
+        self._schedulers = decay_schedulers(generator=(cfg.g_optim, self.opt_g), discriminator=(cfg.d_optim, self.opt_d))
         self.objective = GAN_LOSSES.get(cfg.loss)
         self.process = GaussianDiffusion(cfg.schedule, cfg.timesteps, device=device)
         start = cfg.timesteps - 1 if cfg.diffusion == "fixed" else 0
@@ -141,6 +142,9 @@ class LatentGANMethod(Method):
 
     def optimizers(self):
         return {"generator": self.opt_g, "discriminator": self.opt_d}
+
+    def schedulers(self):
+        return self._schedulers
 
     def distribute(self, wrap) -> None:
         self.generator, self.discriminator = wrap(self.generator), wrap(self.discriminator)

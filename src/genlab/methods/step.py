@@ -45,6 +45,12 @@ def make_scheduler(cfg: OptimConfig, optimizer: torch.optim.Optimizer):
     return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_gamma)
 
 
+def decay_schedulers(**optimizers: tuple[OptimConfig, torch.optim.Optimizer]) -> dict:
+    """``make_scheduler`` for each named (config, optimizer) whose ``lr_gamma`` is not 1: per-epoch
+    decay only where asked for, so runs without one keep checkpoints without schedulers."""
+    return {name: make_scheduler(cfg, opt) for name, (cfg, opt) in optimizers.items() if cfg.lr_gamma != 1.0}
+
+
 @torch.no_grad()
 def adaptive_clip_(params, factor: float, eps: float = 1e-3) -> None:
     """Adaptive gradient clipping (Brock et al. 2021, "High-performance large-scale image recognition

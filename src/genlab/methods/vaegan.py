@@ -31,7 +31,7 @@ from genlab.losses.vae import kl_divergence
 from genlab.methods import METHODS
 from genlab.methods.autoencoder import PosteriorPrior, add_prior_buffers, check_prior_components, from_prior
 from genlab.methods.base import Method, unwrap
-from genlab.methods.step import frozen, make_optimizer
+from genlab.methods.step import decay_schedulers, frozen, make_optimizer
 from genlab.models.blocks import widths_for
 from genlab.models.dcgan import DCGANDiscriminator, dcgan_init_
 from genlab.models.vae import ConvDecoder, ConvEncoder
@@ -98,12 +98,17 @@ class VAEGANMethod(PosteriorPrior, Method):
         self.opt_enc = make_optimizer(cfg.enc_optim, self.encoder.parameters(), device)
         self.opt_dec = make_optimizer(cfg.dec_optim, self.decoder.parameters(), device)
         self.opt_d = make_optimizer(cfg.d_optim, self.discriminator.parameters(), device)
+        self._schedulers = decay_schedulers(encoder=(cfg.enc_optim, self.opt_enc), decoder=(cfg.dec_optim, self.opt_dec),
+                                            discriminator=(cfg.d_optim, self.opt_d))
 
     def networks(self):
         return {"encoder": self.encoder, "decoder": self.decoder, "discriminator": self.discriminator}
 
     def optimizers(self):
         return {"encoder": self.opt_enc, "decoder": self.opt_dec, "discriminator": self.opt_d}
+
+    def schedulers(self):
+        return self._schedulers
 
     def latent_shape(self):
         return (self.cfg.latent_dim,)
