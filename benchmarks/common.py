@@ -12,6 +12,9 @@ from pathlib import Path
 
 import torch
 
+from genlab import api
+from genlab.config import EvalSettings
+
 
 def cpu_model() -> str:
     try:
@@ -56,20 +59,10 @@ def write_result(path: Path, result: dict, device: torch.device) -> None:
 
 
 def score_run(run: Path, cfg, metrics: list[str], n: int, split: str, device: torch.device,
-              inception_weights: str | None = None, adjust=None) -> tuple[object, dict]:
-    """Score a run's last inference snapshot (its EMA weights where it kept them) under `genlab eval`'s
-    protocol: ``n`` samples from seed 0 against ``split``. ``adjust(method)`` may change sampling or
-    likelihood settings first (stated in the protocol strings). Returns the model and the results."""
-    from genlab.data import build_dataset
-    from genlab.metrics.evaluate import Evaluator
-    from genlab.metrics.settings import EvalSettings
-    from genlab.train.checkpoint import build_method_from_checkpoint, weights_description
-
-    method, _, payload = build_method_from_checkpoint(run / "checkpoints" / "last-inference.pt", device)
-    if adjust is not None:
-        adjust(method)
+              inception_weights: str | None = None, overrides: list[str] | None = None) -> dict:
+    """Score a run's last inference snapshot (its EMA weights where it kept them) through genlab's API,
+    under `genlab eval`'s protocol: ``n`` samples from seed 0 against ``split``. ``overrides`` are
+    `genlab eval`'s sampler.* and evaluation keys (stated in the protocol strings). Nothing is
+    recorded in the run (a benchmark writes its own JSON)."""
     settings = EvalSettings(n=n, split=split, inception_weights=inception_weights, seed=0)
-    evaluator = Evaluator(build_dataset(cfg.data), cfg.data, settings, device)
-    label = f"{cfg.name} at step {payload['progress']['step']}, {weights_description(payload)}"
-    results, _ = evaluator.score_method(method, metrics, label)
-    return method, results
+    return api.evaluate(run, metrics, settings, device, overrides=overrides, record=False)

@@ -69,7 +69,7 @@ def main() -> None:
         run = train_named(cfg, runs / "generators" / preset, device, quiet=True)
         wall = time.perf_counter() - start
         summary = json.loads((run / "metrics.json").read_text())["train"]
-        _, results = score_run(run, cfg, ["swd"], args.swd_n, "val", device)
+        results = score_run(run, cfg, ["swd"], args.swd_n, "val", device)
         rows.append({"preset": preset, "overrides": overrides, "family": cfg.method, "run": str(run), "steps": summary["steps"],
                      "images": summary["steps"] * cfg.train.batch_size, "train_wall_s": round(wall, 1),
                      "stopped_because": summary["stopped_because"], "swd": results["swd"]["value"],

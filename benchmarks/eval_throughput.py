@@ -54,11 +54,11 @@ def main() -> None:
 
     import genlab.metrics.features  # noqa: F401  (registers the stand-in with torch-fidelity)
     from genlab.data import build_dataset
-    from genlab.metrics.evaluate import EvalSettings, Evaluator
-    from genlab.train.checkpoint import build_method_from_checkpoint
-    from genlab.train.rundir import find_checkpoint
+    from genlab.config import EvalSettings
+    from genlab.metrics.evaluate import Evaluator
+    from genlab.train.checkpoint import load_model
 
-    method, cfg, payload = build_method_from_checkpoint(find_checkpoint(args.run), device)
+    method, cfg, payload, _ = load_model(args.run, device, weights="raw")
     data = build_dataset(cfg.data)
     settings = EvalSettings(metrics=["fid"], n=args.n, extractor=args.extractor,
                             inception_weights=args.inception_weights, batch_size=args.batch)

@@ -48,7 +48,7 @@ def main() -> None:
     device = torch.device(args.device)
 
     from genlab.resolve import load_config
-    from genlab.train.loop import start_training
+    from genlab.api import train as start_training
 
     runs = args.runs or Path(tempfile.mkdtemp(prefix="genlab-gan-quality-"))
     metrics = ["swd"] + (["fid"] if args.inception_weights else [])
@@ -70,7 +70,7 @@ def main() -> None:
                "images": summary["steps"] * cfg.train.batch_size, "train_wall_s": round(wall, 1),
                "images_per_s": summary["images_per_s"], "diverged": diverged}
         if not diverged:
-            _, results = score_run(run, cfg, metrics, args.n, "val", device, args.inception_weights)
+            results = score_run(run, cfg, metrics, args.n, "val", device, args.inception_weights)
             row.update({name: r["value"] for name, r in results.items()})
             row["protocols"] = {name: r["protocol"] for name, r in results.items()}
         if args.grids:

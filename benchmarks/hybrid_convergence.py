@@ -60,13 +60,13 @@ def main() -> None:
     from genlab.data import build_dataset
     from genlab.data.convert import to_model_range
     from genlab.resolve import load_run_config, resolve_config
-    from genlab.train.checkpoint import build_method_from_checkpoint
-    from genlab.train.loop import start_training
+    from genlab.train.checkpoint import load_model
+    from genlab.api import train as start_training
 
     runs = args.runs or Path(tempfile.mkdtemp(prefix="genlab-hybrid-"))
     vae_cfg = load_run_config(str(args.vae))
     data = build_dataset(vae_cfg.data)
-    _, vae_results = score_run(args.vae, vae_cfg, ["swd"], args.n, "val", device)
+    vae_results = score_run(args.vae, vae_cfg, ["swd"], args.n, "val", device)
     rows = [{"variant": "VAE prior N(0, I) (reference)", "swd": vae_results["swd"]["value"],
              "swd_protocol": vae_results["swd"]["protocol"]}]
     base = {"method": "latent-gan", "name": "hybrid", "data": vae_cfg.to_dict()["data"],
@@ -88,7 +88,7 @@ def main() -> None:
         row = {"variant": name, "overrides": VARIANTS[name], "steps": summary["steps"], "wall_s": round(wall, 1),
                "stopped_because": summary["stopped_because"], "first_log": first, "last_log": last}
         if summary["stopped_because"] != "non_finite_loss":
-            model, _, _ = build_method_from_checkpoint(run / "checkpoints" / "last-inference.pt", device)
+            model = load_model(run, device).method
             with torch.no_grad(), model.evaluating():
                 real = torch.cat([model.real_latents(to_model_range(data.val[i:i + 256].to(device)))
                                   for i in range(0, min(args.n, len(data.val)), 256)])
@@ -97,7 +97,7 @@ def main() -> None:
             row["latent_frechet"] = frechet(fake.cpu(), real.cpu())
             prior = torch.randn(len(real), real.shape[1], generator=torch.Generator().manual_seed(1))
             row["latent_frechet_vae_prior"] = frechet(prior * model.generator.latent_scale.cpu(), real.cpu())
-            _, results = score_run(run, cfg, ["swd"], args.n, "val", device)
+            results = score_run(run, cfg, ["swd"], args.n, "val", device)
             row["swd"] = results["swd"]["value"]
             row["swd_over_vae"] = round(row["swd"] / rows[0]["swd"], 4)
         rows.append(row)

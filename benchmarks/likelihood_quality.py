@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 
 from common import score_run, write_result
+from genlab import api
+from genlab.methods import METHODS
 
 CPU_REALNVP = "realnvp-cifar10+model.width=16+model.blocks=1+data.num_parts=5"
 CPU_DDPM = ("ddpm-cifar10+model.width=32+model.blocks=1+model.attention=[8]+model.dropout=0.0"
@@ -42,7 +44,7 @@ CPU_GAN_CELEBA = "gan-celeba64+data.size=32"
 
 def train(spec: str, root: Path, minutes: float, runs: Path, device, seed: int):
     from genlab.resolve import load_config
-    from genlab.train.loop import start_training
+    from genlab.api import train as start_training
 
     preset, *variant = spec.split("+")
     overrides = [f"data.root={root}", f"train.max_minutes={minutes}", "train.epochs=100000", f"train.seed={seed}",
@@ -65,16 +67,14 @@ def train(spec: str, root: Path, minutes: float, runs: Path, device, seed: int):
 
 def score(run: Path, cfg, metrics: list[str], n: int, split: str, device, eval_steps: int | None,
           bound_timesteps: int = 0):
-    from genlab.samplers.diffusion import DDIMOptions
-
-    def adjust(method):
-        if eval_steps and isinstance(method.sampling, DDIMOptions):
-            method.sampling = DDIMOptions(name="ddim", steps=eval_steps, eta=0.0)
-        if bound_timesteps and hasattr(method.cfg, "bound_timesteps"):
-            method.cfg.bound_timesteps = bound_timesteps  # (stated in the bpd protocol string)
-
+    overrides = []
+    if eval_steps and cfg.sampler is not None and cfg.sampler.name == "ddim":
+        overrides.append(f"sampler.steps={eval_steps}")
+    if bound_timesteps and "bound_timesteps" in METHODS.get(cfg.method).evaluation_keys:
+        overrides.append(f"model.bound_timesteps={bound_timesteps}")  # (stated in the bpd protocol string)
     start = time.perf_counter()
-    method, results = score_run(run, cfg, metrics, n, split, device, adjust=adjust)
+    results = score_run(run, cfg, metrics, n, split, device, overrides=overrides)
+    method = api.load(run, device).method
     out = {name: r["value"] for name, r in results.items()}
     out["protocols"] = {name: r["protocol"] for name, r in results.items()}
     out["eval_s"] = round(time.perf_counter() - start, 1)

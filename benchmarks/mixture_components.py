@@ -47,10 +47,10 @@ def main() -> None:
     from genlab.methods.autoencoder import add_prior_buffers, codes_of, from_prior, refit_prior
     from genlab.methods.base import unwrap
     from genlab.metrics.evaluate import Evaluator
-    from genlab.metrics.settings import EvalSettings
-    from genlab.train.checkpoint import build_method_from_checkpoint
+    from genlab.config import EvalSettings
+    from genlab.train.checkpoint import load_model
 
-    method, cfg, payload = build_method_from_checkpoint(args.run / "checkpoints" / "last-inference.pt", device)
+    method, cfg, payload, _ = load_model(args.run, device)
     evaluator = Evaluator(build_dataset(cfg.data), cfg.data, EvalSettings(n=args.n, split="val", seed=0), device)
     train = evaluator.split_images("train")[: args.images]
     code = lambda x: method.encode(x)[0]  # noqa: E731 - the posterior mean, as the prior is fitted to

@@ -42,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from genlab.resolve import load_config
-    from genlab.train.loop import start_training
+    from genlab.api import train as start_training
 
     runs = Path(tempfile.mkdtemp(prefix="genlab-soak-"))
     cfg = load_config(args.preset, [f"train.max_steps={args.steps}", "train.epochs=1000000", "data.limit=null",

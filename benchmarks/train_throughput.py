@@ -71,7 +71,7 @@ def peak_memory(device: torch.device) -> dict:
 
 def genlab_route(a) -> dict:
     from genlab.resolve import load_config
-    from genlab.train.loop import start_training
+    from genlab.api import train as start_training
 
     cfg = load_config(MODELS[a.model], [f"data.root={a.root}", f"train.batch_size={a.batch}",
                                         f"train.max_steps={2 * a.steps}", f"train.log_every={a.steps}",

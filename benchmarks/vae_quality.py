@@ -61,7 +61,7 @@ def main() -> None:
         parser.error("--root is required")
 
     from genlab.resolve import load_config
-    from genlab.train.loop import start_training
+    from genlab.api import train as start_training
 
     runs = args.runs or Path(tempfile.mkdtemp(prefix="genlab-vae-quality-"))
     from genlab.methods import METHODS
@@ -89,7 +89,7 @@ def main() -> None:
             run_of.setdefault(preset, run)
             summary = json.loads((run / "metrics.json").read_text())["train"]
             metrics = ["swd", "recon"] if METHODS.get(cfg.method).has_encoder else ["swd"]
-            _, results = score_run(run, cfg, metrics, args.n, "val", device)
+            results = score_run(run, cfg, metrics, args.n, "val", device)
             value = lambda key: results[key]["value"] if key in results else None
             row = {"preset": preset, "spec": spec, "seed": seed, "family": cfg.method, "overrides": overrides,
                    "steps": summary["steps"], "train_wall_s": round(wall, 1),

@@ -12,7 +12,7 @@ from genlab.analysis.curves import smooth
 from genlab.errors import GenlabError
 from genlab.report.build import build_report, flag_mismatches, protocol_parts
 from genlab.resolve import load_config
-from genlab.train.loop import start_training
+from genlab.api import train as start_training
 
 CPU = torch.device("cpu")
 

@@ -8,7 +8,7 @@ from genlab.methods import build_method
 from genlab.methods.autoencoder import add_prior_buffers, fit_gaussian, fit_mixture, from_prior, whiten
 from genlab.resolve import load_config
 from genlab.train.checkpoint import build_method_from_checkpoint, load_checkpoint
-from genlab.train.loop import resume_training, start_training
+from genlab.api import resume as resume_training, train as start_training
 
 CPU = torch.device("cpu")
 

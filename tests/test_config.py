@@ -9,7 +9,7 @@ from genlab.methods.diffusion import DiffusionConfig, LatentDiffusionConfig
 from genlab.methods.autoencoder import AutoencoderConfig
 from genlab.methods.latent_gan import LatentGANConfig
 from genlab.methods.vaegan import VAEGANConfig
-from genlab.methods.detector import DetectorConfig
+from genlab.detect.family import DetectorConfig
 from genlab.methods.flow import RealNVPConfig
 
 

@@ -24,7 +24,7 @@ from genlab.methods.step import Stepper, make_optimizer
 from genlab.resolve import load_config, resolve_config
 from genlab.samplers import SAMPLERS, Sampler, SamplerOptions, SeededNoise
 from genlab.train.checkpoint import build_method_from_checkpoint, load_checkpoint
-from genlab.train.loop import resume_training, start_training
+from genlab.api import resume as resume_training, train as start_training
 
 CPU = torch.device("cpu")
 
@@ -225,7 +225,7 @@ def test_ema_update_follows_its_formula():
 
 def test_image_shaped_latents_work_with_ppl():
     from genlab.metrics.ppl import perceptual_path_length
-    from genlab.metrics.settings import EvalSettings
+    from genlab.config import EvalSettings
 
     torch.manual_seed(0)
     m = ToyGaussian(ToyConfig(), (1, 8, 8), CPU)
@@ -476,13 +476,13 @@ def test_a_gan_with_ema_grids_and_samples_with_the_averaged_generator(cli, tmp_p
 
 def test_the_cli_defaults_are_the_evaluation_table(cli):
     from genlab.cli import build_parser
-    from genlab.metrics.settings import EvalSettings
+    from genlab.config import EvalSettings
 
-    args = build_parser("eval").parse_args(["eval", "somewhere"])
+    args = build_parser().parse_args(["eval", "somewhere"])
     table = EvalSettings()
     assert (args.n, args.extractor, args.seed, args.batch_size) == (table.n, table.extractor, table.seed, table.batch_size)
     from genlab.resolve import load_config as resolve
 
     assert resolve("tiny-vae").eval.extractor == table.extractor
     with pytest.raises(SystemExit):
-        build_parser("eval").parse_args(["eval", "x", "--extractor", "inception"])  # the registry's names only
+        build_parser().parse_args(["eval", "x", "--extractor", "inception"])  # the registry's names only

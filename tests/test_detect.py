@@ -23,7 +23,7 @@ from genlab.errors import GenlabError
 from genlab.methods import build_method
 from genlab.resolve import load_config
 from genlab.train.checkpoint import load_checkpoint
-from genlab.train.loop import resume_training, start_training
+from genlab.api import resume as resume_training, train as start_training
 
 CPU = torch.device("cpu")
 # A detector on the embedded digits at the tiny generators' 16x16 grayscale, seconds on a CPU.

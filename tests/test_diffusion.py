@@ -14,7 +14,7 @@ from genlab.methods import build_method
 from genlab.resolve import load_config
 from genlab.samplers.diffusion import DDIMOptions, DDPMOptions, ddim_invert_step, ddim_step, ddim_timesteps
 from genlab.train.checkpoint import build_method_from_checkpoint, load_checkpoint
-from genlab.train.loop import resume_training, start_training
+from genlab.api import resume as resume_training, train as start_training
 
 CPU = torch.device("cpu")
 
@@ -261,7 +261,7 @@ def test_max_minutes_stops_training_and_keeps_the_position(tmp_path):
 
 def test_init_from_run_copies_networks_by_name_and_refuses_what_does_not_fit(tmp_path):
     from genlab.data import build_dataset
-    from genlab.train.loop import initialise_from_run
+    from genlab.train.session import initialise_from_run
 
     base = start_training(load_config("tiny-dcgan", ["train.epochs=1"]), tmp_path, CPU, quiet=True)
     cfg = load_config("tiny-dcgan", [f"init.from_run={base}", "train.seed=5"])

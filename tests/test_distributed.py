@@ -20,7 +20,7 @@ from genlab.config import OptimConfig
 from genlab.methods.base import Method
 from genlab.methods.step import make_optimizer
 from genlab.train.checkpoint import load_checkpoint
-from genlab.train.loop import start_training
+from genlab.api import train as start_training
 
 CPU = torch.device("cpu")
 
@@ -79,7 +79,7 @@ def _worker(rank: int, world: int, port: int, runs: str, raw: dict) -> None:
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    from genlab.train import distributed
+    from genlab import distributed
 
     info = distributed.from_environment()
     start_training(resolve_config(raw), Path(runs), CPU, quiet=True, info=info)
@@ -182,7 +182,7 @@ def test_fp16_needs_cuda(cli, tmp_path):
 def test_global_batch_must_divide_over_the_processes():
     from genlab.data import build_dataset
     from genlab.errors import GenlabError
-    from genlab.train.distributed import DistInfo
+    from genlab.distributed import DistInfo
     from genlab.train.loop import Progress, Trainer
 
     cfg = load_config("tiny-vae")

@@ -12,7 +12,7 @@ from genlab.methods import build_method
 from genlab.models.flow import Coupling, RealNVP, squeeze, unsqueeze
 from genlab.resolve import load_config
 from genlab.train.checkpoint import load_checkpoint
-from genlab.train.loop import start_training
+from genlab.api import train as start_training
 
 CPU = torch.device("cpu")
 

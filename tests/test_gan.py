@@ -14,7 +14,7 @@ from genlab.methods.step import Stepper, adaptive_clip_
 from genlab.models.blocks import SelfAttention
 from genlab.resolve import load_config
 from genlab.train.checkpoint import load_checkpoint
-from genlab.train.loop import resume_training, start_training
+from genlab.api import resume as resume_training, train as start_training
 
 CPU = torch.device("cpu")
 X = torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(5)) * 2 - 1

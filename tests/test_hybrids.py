@@ -5,7 +5,7 @@ import torch
 
 from genlab.resolve import load_config
 from genlab.train.checkpoint import build_method_from_checkpoint, load_checkpoint
-from genlab.train.loop import start_training
+from genlab.api import train as start_training
 
 CPU = torch.device("cpu")
 UNBALANCED = ["model.arch=vae-decoder", "model.g_activation=leaky_relu", "model.latent_dim=8", "model.g_widths=[8,16]"]
@@ -69,7 +69,7 @@ def test_the_vaegan_trains_each_network_and_resumes_bit_exactly(tmp_path):
         assert model.reconstruct(x).shape == x.shape and model.generate(torch.randn(3, 8)).shape == (3, 1, 16, 16)
     straight = start_training(load_config("tiny-vaegan", ["train.epochs=3"]), tmp_path, CPU, quiet=True)
     split = start_training(load_config("tiny-vaegan", ["train.epochs=3", "train.max_steps=7"]), tmp_path, CPU, quiet=True)
-    from genlab.train.loop import resume_training
+    from genlab.api import resume as resume_training
 
     resume_training(split, ["train.max_steps=null"], CPU, quiet=True)
     a = load_checkpoint(straight / "checkpoints" / "last.pt")["state"]["networks"]
@@ -164,7 +164,7 @@ def test_the_hybrid_trains_keeps_its_vae_frozen_and_resumes_bit_exactly(tmp_path
     for own, theirs in (("first_encoder", "encoder"), ("first_decoder", "decoder")):
         assert all(torch.equal(nets[own][k], vae_nets[theirs][k]) for k in vae_nets[theirs]), own
     split = start_training(load_config("tiny-hybrid", over + ["train.max_steps=7"]), tmp_path / "h", CPU, quiet=True)
-    from genlab.train.loop import resume_training
+    from genlab.api import resume as resume_training
 
     resume_training(split, ["train.max_steps=null"], CPU, quiet=True)
     a, b = (load_checkpoint(r / "checkpoints" / "last.pt") for r in (straight, split))

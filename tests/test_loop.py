@@ -10,7 +10,7 @@ from genlab.resolve import load_config
 from genlab.methods import METHODS
 from genlab.methods.base import Method
 from genlab.train.checkpoint import load_checkpoint
-from genlab.train.loop import resume_training, start_training
+from genlab.api import resume as resume_training, train as start_training
 
 CPU = torch.device("cpu")
 
@@ -140,7 +140,7 @@ class ScriptedMethod(Method):
     def calls_for_epoch(self):
         return self.epoch
 
-    def end_epoch(self):
+    def end_epoch(self, train_images):
         self.epoch = getattr(self, "epoch", -1) + 1
 
 

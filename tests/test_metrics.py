@@ -286,7 +286,7 @@ def test_metric_names():
 
 def test_evaluation_during_training_drives_best_checkpoint_and_keeps_resume_exact(tmp_path):
     from genlab.train.checkpoint import load_checkpoint
-    from genlab.train.loop import resume_training, start_training
+    from genlab.api import resume as resume_training, train as start_training
 
     over = ["eval.every=1", "eval.metrics=[swd, bpd]", "eval.n=48", "train.monitor=swd", "train.epochs=3"]
     straight = start_training(load_config("tiny-vae", over), tmp_path, CPU, quiet=True)

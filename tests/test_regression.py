@@ -12,7 +12,7 @@ import torch
 
 from genlab.resolve import load_config
 from genlab.train.checkpoint import build_method_from_checkpoint
-from genlab.train.loop import start_training
+from genlab.api import train as start_training
 
 CPU = torch.device("cpu")
 

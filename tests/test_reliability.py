@@ -136,7 +136,7 @@ from pathlib import Path  # noqa: E402
 
 from genlab.resolve import load_config  # noqa: E402
 from genlab.train.checkpoint import load_checkpoint  # noqa: E402
-from genlab.train.loop import start_training  # noqa: E402
+from genlab.api import train as start_training  # noqa: E402
 
 CPU = torch.device("cpu")
 TRAIN = ["train", "tiny-vae", "--quiet", "train.epochs=4", "train.checkpoint_every=2", "train.grid_every=1",
@@ -325,7 +325,7 @@ def all_checkpoints_finite(run):
 
 
 def test_a_nan_rolls_back_to_the_last_checkpoint_with_lower_learning_rates(tmp_path):
-    from genlab.train.loop import exit_code
+    from genlab.train.session import exit_code
 
     run = poisoned(tmp_path, calls=(8,))
     assert exit_code(run) == 0
@@ -340,7 +340,7 @@ def test_a_nan_rolls_back_to_the_last_checkpoint_with_lower_learning_rates(tmp_p
 
 
 def test_a_run_that_keeps_diverging_stops_with_exit_1_naming_the_step_and_checkpoint(tmp_path, caplog):
-    from genlab.train.loop import exit_code
+    from genlab.train.session import exit_code
 
     run = poisoned(tmp_path, (), 6)
     assert exit_code(run) == 1
@@ -552,8 +552,8 @@ def test_a_decompression_bomb_and_truncated_files_are_skipped_within_bounded_mem
 
 
 def test_the_train_help_names_every_key_a_resume_may_change():
-    from genlab.cli import TRAIN_EXAMPLES
-    from genlab.train.loop import RESUMABLE_KEYS
+    from genlab.cli.train import TRAIN_EXAMPLES
+    from genlab.train.session import RESUMABLE_KEYS
 
     text = " ".join(TRAIN_EXAMPLES.split())
     assert all(key in text for key in RESUMABLE_KEYS)

@@ -15,7 +15,7 @@ from genlab.config import OptimConfig
 from genlab.methods.step import make_optimizer
 from genlab.train import loop
 from genlab.train.checkpoint import load_checkpoint
-from genlab.train.loop import resume_training, start_training
+from genlab.api import resume as resume_training, train as start_training
 from genlab.train.speed import apply_plan, plan_speed
 
 CPU = torch.device("cpu")

@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import copy
 import logging
+from pathlib import Path
 from typing import Any
 
+import yaml
+
 from genlab.config import (
+    COMPILE_MODES,
+    PRECISIONS,
     Config,
     _valid_keys,
     apply_overrides,
@@ -28,7 +33,6 @@ from genlab.methods import METHODS
 from genlab.methods.base import LATENT_KINDS
 from genlab.metrics.table import check_metrics_apply, parse_metrics
 from genlab.samplers import SAMPLERS
-from genlab.train.speed import COMPILE_MODES, PRECISIONS
 
 log = logging.getLogger("genlab")
 
@@ -102,10 +106,6 @@ def init_mapping(networks: list[str]) -> dict[str, str]:
 
 def load_run_config(run_dir: str) -> Config:
     """The resolved config a run directory records (its config.yaml)."""
-    from pathlib import Path
-
-    import yaml
-
     path = Path(run_dir).expanduser() / "config.yaml"
     if not path.is_file():
         raise GenlabError(f"init.from_run={run_dir}: not a genlab run directory (no {path})")
@@ -218,3 +218,21 @@ def with_sampler_overrides(cfg: Config, overrides: list[str]) -> Config:
         raw["sampler"] = {}
     raw["sampler"].update(wanted)
     return resolve_config(raw)
+
+
+def with_evaluation_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """``cfg`` with the overrides `genlab eval RUN` accepts: ``sampler.*`` keys, and ``model.KEY`` for
+    the keys the family names in ``evaluation_keys`` (they change how the model is scored, not the
+    model); anything else is refused, since it would describe another model than the checkpoint holds."""
+    method_cls = METHODS.get(cfg.method)
+    sampler = [o for o in overrides if o.partition("=")[0].strip().startswith("sampler.")]
+    model = [o for o in overrides if o not in sampler]
+    for text in model:
+        key = text.partition("=")[0].strip()
+        if not key.startswith("model.") or key.removeprefix("model.") not in method_cls.evaluation_keys:
+            takes = ", ".join(f"model.{k}" for k in method_cls.evaluation_keys)
+            raise GenlabError(f"{key}: method {cfg.method!r} takes only sampler.* keys{' and ' + takes if takes else ''} "
+                              "at evaluation (the model is the checkpoint's)")
+    if sampler:
+        cfg = with_sampler_overrides(cfg, sampler)
+    return resolve_config(apply_overrides(cfg.to_dict(), model)) if model else cfg

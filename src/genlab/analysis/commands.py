@@ -4,28 +4,34 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
-from genlab.analysis.common import write_analysis
+from genlab.analysis import latent
+from genlab.analysis.common import analysis_dir, write_analysis
+from genlab.analysis.curves import curves_figure
+from genlab.analysis.reconstruct import UNITS, pick_images, reconstruct_with_metrics
+from genlab.analysis.summary import summarize
+from genlab.analysis.timeline import timeline as make
+from genlab.data import build_dataset
 from genlab.errors import GenlabError
-from genlab.train.rundir import image_grid, pair_grid, require_run_dir
+from genlab.io import atomic_write
+from genlab.methods import build_method
+from genlab.resolve import load_config
+from genlab.train.checkpoint import load_model
+from genlab.train.rundir import image_grid, pair_grid, require_run_dir, save_grid
 
 
 def load_run(run: Path, device: torch.device, checkpoint: str = "last", raw_weights: bool = False):
     """The model of a run (EMA weights when kept), its config and checkpoint payload."""
-    from genlab.train.checkpoint import build_method_from_checkpoint
-    from genlab.train.rundir import find_checkpoint
-
-    path = find_checkpoint(Path(run), checkpoint, inference=not raw_weights)
-    method, cfg, payload = build_method_from_checkpoint(path, device, raw_weights=raw_weights)
+    method, cfg, payload, _ = load_model(Path(run), device, prefer=checkpoint, weights="raw" if raw_weights else "ema",
+                                         fallback=False)
     return method, cfg, payload
 
 
 def _real_images(cfg, split: str | None):
-    from genlab.data import build_dataset
-
     data = build_dataset(cfg.data)
     split = split or ("val" if data.val is not None and len(data.val) else "train")
     images = {"train": data.train, "val": data.val, "test": data.test}[split]
@@ -35,16 +41,12 @@ def _real_images(cfg, split: str | None):
 
 
 def timeline(run: Path, epochs: list[int] | None = None, kind: str = "samples") -> tuple[Path, dict]:
-    from genlab.analysis.timeline import timeline as make
-
     run = require_run_dir(run)
     fig, numbers = make(run, epochs, kind)
     return write_analysis(run, f"timeline-{kind}", None, numbers, figure=fig), numbers
 
 
 def curves(run: Path, smoothing: float = 0.6) -> tuple[Path, dict]:
-    from genlab.analysis.curves import curves_figure
-
     if not 0 <= smoothing < 1:
         raise GenlabError(f"--smoothing must be in [0, 1), got {smoothing}")
     run = require_run_dir(run)
@@ -56,8 +58,6 @@ def interpolation(run: Path, device: torch.device, seeds: tuple[int, int] | None
                   images: tuple[int, int] | None = None, split: str | None = None, steps: int = 10,
                   checkpoint: str = "last") -> tuple[Path, dict]:
     """Between the latents of two seeds (slerp) or the codes of two real images of ``split`` (linear)."""
-    from genlab.analysis import latent
-
     if (seeds is None) == (images is None):
         raise GenlabError("give either two seeds (--seeds A,B) or two real images (--images I,J)")
     if steps < 2:
@@ -86,8 +86,6 @@ def interpolation(run: Path, device: torch.device, seeds: tuple[int, int] | None
 
 def variations(run: Path, device: torch.device, seed: int = 0, n: int = 15, scale: float = 0.3,
                checkpoint: str = "last") -> tuple[Path, dict]:
-    from genlab.analysis import latent
-
     if scale <= 0 or n < 1:
         raise GenlabError(f"--scale must be > 0 and --n at least 1, got {scale} and {n}")
     run = require_run_dir(run)
@@ -103,8 +101,6 @@ def variations(run: Path, device: torch.device, seed: int = 0, n: int = 15, scal
 
 def traversal(run: Path, device: torch.device, dims: int = 10, image: int = 0, split: str | None = None,
               span: float = 3.0, steps: int = 9, n_kl: int = 1000, checkpoint: str = "last") -> tuple[Path, dict]:
-    from genlab.analysis import latent
-
     run = require_run_dir(run)
     method, cfg, _ = load_run(run, device, checkpoint)
     if not method.has_encoder or method.latent_kind != "flat":
@@ -122,10 +118,6 @@ def traversal(run: Path, device: torch.device, dims: int = 10, image: int = 0, s
 def reconstructions(run: Path, device: torch.device, n: int = 16, split: str = "val", seed: int | None = None,
                     checkpoint: str = "last", raw_weights: bool = False, out: Path | None = None):
     """Held-out images over their reconstructions with per-image MSE, PSNR, SSIM in [0, 1] units."""
-    from genlab.analysis.reconstruct import UNITS, pick_images, reconstruct_with_metrics
-    from genlab.data import build_dataset
-    from genlab.train.rundir import save_grid
-
     method, cfg, _ = load_run(run, device, checkpoint, raw_weights)
     if not method.has_encoder:
         raise GenlabError(f"{run} is a {cfg.method!r} model, which has no encoder; reconstruct needs one (e.g. vae)")
@@ -147,28 +139,18 @@ def reconstructions(run: Path, device: torch.device, n: int = 16, split: str = "
 def summary(target: str, device: torch.device, overrides: list[str] | None = None) -> tuple[str, dict, Path | None]:
     """`genlab summary`: for a run directory (written to its analysis/summary.txt and .json) or a
     preset (printed only: no run to write into)."""
-    import json
-
-    from genlab.analysis.summary import summarize
-    from genlab.io import atomic_write
-
     path = Path(target)
     if path.is_dir():
         if overrides:
             raise GenlabError("key=value overrides apply to a preset, not to a run directory")
         method, cfg, _ = load_run(require_run_dir(path), device)
     else:
-        from genlab.methods import build_method
-        from genlab.resolve import load_config
-
         cfg = load_config(target, overrides or [])
         method = build_method(cfg, (cfg.data.channels, cfg.data.size, cfg.data.size), device)
     text, numbers = summarize(method)
     numbers = {"method": cfg.method, "image_shape": [cfg.data.channels, cfg.data.size, cfg.data.size], "networks": numbers}
     written = None
     if path.is_dir():
-        from genlab.analysis.common import analysis_dir
-
         folder = analysis_dir(path)
         atomic_write(folder / "summary.txt", lambda tmp: tmp.write_text(text + "\n"), "file")
         atomic_write(folder / "summary.json", lambda tmp: tmp.write_text(json.dumps(numbers, indent=2) + "\n"), "file")

@@ -35,9 +35,9 @@ def write_analysis(run_dir: Path, name: str, grid: torch.Tensor | None, numbers:
 
 def pyplot():
     """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
-    import matplotlib
+    import matplotlib  # deferred: matplotlib costs ~0.5 s to import, and the backend must be set before pyplot
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: after the backend is chosen
 
     return plt

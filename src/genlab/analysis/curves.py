@@ -9,6 +9,7 @@ import json
 import math
 from pathlib import Path
 
+from genlab.analysis.common import pyplot
 from genlab.errors import GenlabError
 
 SKIP = {"kind", "step", "epoch", "time_s", "images_per_s", "eval_seconds"}
@@ -74,8 +75,6 @@ def panels(train: dict, epoch: dict) -> list[tuple[str, list, list]]:
 def curves_figure(runs: dict[str, Path], weight: float = 0.6, keys: list[str] | None = None):
     """A figure with one axis per quantity, every run's curve on it (one run, or several overlaid on
     shared axes for a report), and the numbers: each quantity's last raw and smoothed value per run."""
-    from genlab.analysis.common import pyplot
-
     per_run = {label: panels(*series(read_stats(path))) for label, path in runs.items()}
     titles: list[str] = []
     for p in per_run.values():

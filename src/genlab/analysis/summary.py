@@ -5,13 +5,12 @@ example inputs the family declares (``Method.example_inputs``: an image, a laten
 from __future__ import annotations
 
 import torch
+from torchinfo import summary
 
 
 def summarize(method, depth: int = 3) -> tuple[str, dict]:
     """The text of every network's torchinfo summary, and per network its parameters and
     multiply-adds per image."""
-    from torchinfo import summary
-
     texts, numbers = [], {}
     inputs = method.example_inputs()
     with method.evaluating(), torch.no_grad():

@@ -7,6 +7,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from PIL import Image
+
+from genlab.analysis.common import pyplot
 from genlab.errors import GenlabError
 
 GRID = re.compile(r"^epoch-(\d+)\.png$")
@@ -36,10 +39,6 @@ def choose_epochs(available: list[int], wanted: list[int] | None, most: int = 6)
 
 def timeline(run_dir: Path, epochs: list[int] | None = None, kind: str = "samples"):
     """A matplotlib figure with the chosen epochs' grids in a row, and the numbers (epochs, files)."""
-    from PIL import Image
-
-    from genlab.analysis.common import pyplot
-
     grids = epoch_grids(run_dir, kind)
     if not grids:
         raise GenlabError(f"{run_dir} has no {kind} grids (samples/epoch-NNNN.png); they are written during training "

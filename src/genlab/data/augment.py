@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from genlab.config import AugmentConfig
+from genlab.errors import GenlabError
 
 
 def _uniform(n: int, low: float, high: float, like: torch.Tensor) -> torch.Tensor:
@@ -145,8 +146,6 @@ def parse_policy(policy: str) -> list[str]:
     names = [p.strip() for p in policy.split(",") if p.strip()]
     unknown = [p for p in names if p not in DIFF_AUGMENT_POLICIES]
     if unknown:
-        from genlab.errors import GenlabError
-
         raise GenlabError(f"config key 'model.diffaugment': unknown policy {unknown[0]!r}; "
                           f"choose from {', '.join(DIFF_AUGMENT_POLICIES)} (comma-separated)")
     return names

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 import genlab
 from genlab.config import DataConfig
@@ -81,8 +82,6 @@ class SkipImage(ValueError):
 
 def to_channels(im, channels: int):
     """Any PIL mode -> "L" or "RGB". Transparent pixels become black; 16-bit images are scaled to 8 bits."""
-    from PIL import Image
-
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(im, dtype=np.float64)
         peak = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
@@ -99,8 +98,6 @@ def to_channels(im, channels: int):
 
 def preprocess(raw, cfg: DataConfig) -> np.ndarray:
     """One decoded image -> (C, size, size) uint8: channels, then centre crop, then resize."""
-    from PIL import Image
-
     im = Image.fromarray(raw) if isinstance(raw, np.ndarray) else raw
     im = to_channels(im, cfg.channels)
     w, h = im.size
@@ -232,7 +229,7 @@ class _lock:
 
     def __enter__(self):
         try:
-            import fcntl
+            import fcntl  # deferred: POSIX only (elsewhere the lock is skipped below)
         except ImportError:
             return self
         try:

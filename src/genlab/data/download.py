@@ -12,6 +12,8 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+from torchvision.datasets import utils as tv_utils  # (called through the module: tests replace its network calls)
+
 from genlab.data.archive import safe_extract
 from genlab.errors import GenlabError
 
@@ -50,14 +52,10 @@ def _reachable(url: str) -> str | None:
 
 
 def _md5_ok(path: Path, md5: str) -> bool:
-    from torchvision.datasets.utils import check_integrity
-
-    return check_integrity(str(path), md5)
+    return tv_utils.check_integrity(str(path), md5)
 
 
 def download_cifar10(root: Path) -> Path:
-    from torchvision.datasets.utils import download_url
-
     target = root / "cifar-10-batches-py"
     if all(_md5_ok(target / name, md5) for name, md5 in CIFAR10_FILES.items()):
         log.info("cifar10: all files present in %s, checksums verified", target)
@@ -70,7 +68,7 @@ def download_cifar10(root: Path) -> Path:
                           f"giving {target}/data_batch_1..5, test_batch and batches.meta")
     archive = root / CIFAR10_ARCHIVE[0]
     try:
-        download_url(CIFAR10_URL, str(root), filename=CIFAR10_ARCHIVE[0])
+        tv_utils.download_url(CIFAR10_URL, str(root), filename=CIFAR10_ARCHIVE[0])
     except Exception as e:  # network errors, a full disk
         raise GenlabError(f"downloading CIFAR-10 into {root} failed: {e}. Needed: {needed}") from e
     if not _md5_ok(archive, CIFAR10_ARCHIVE[1]):
@@ -85,8 +83,6 @@ def download_cifar10(root: Path) -> Path:
 
 
 def download_celeba(root: Path) -> Path:
-    from torchvision.datasets.utils import download_file_from_google_drive
-
     target = root / "celeba"
     missing = [(fid, md5, name) for fid, md5, name in CELEBA_FILES if not _md5_ok(target / name, md5)]
     if not missing and (target / "img_align_celeba").is_dir():
@@ -100,7 +96,7 @@ def download_celeba(root: Path) -> Path:
                           f"and unzip img_align_celeba.zip there")
     for fid, md5, name in missing:
         try:
-            download_file_from_google_drive(fid, str(target), name, md5)
+            tv_utils.download_file_from_google_drive(fid, str(target), name, md5)
         except Exception as e:
             raise GenlabError(f"downloading CelebA's {name} into {target} failed: {e}") from e
         if not _md5_ok(target / name, md5):

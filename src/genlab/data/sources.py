@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from PIL import Image
 
 from genlab.config import DataConfig
 from genlab.errors import GenlabError
@@ -124,8 +125,6 @@ MAX_PIXELS = 50_000_000  # a declared size above this (about 7,000 x 7,000) is s
 
 
 def _open_image(path: Path):
-    from PIL import Image
-
     im = Image.open(path)  # reads the header only
     w, h = im.size
     if w * h > MAX_PIXELS:
@@ -139,7 +138,7 @@ def _open_image(path: Path):
 
 @SOURCES.register("digits")
 def digits_catalog(cfg: DataConfig) -> Catalog:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # deferred: scikit-learn takes ~1 s to import, needed by this source only
 
     digits = load_digits()
     # 17 grey levels (0..16, ink is high) -> 0..255.

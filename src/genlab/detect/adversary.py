@@ -1,5 +1,6 @@
-"""A frozen detector as an extra loss for a generator (``adversary.detector_run``), attached by the
-loop to any family that declares ``accepts_adversary``; the loop does not know which families do."""
+"""A frozen detector as an extra loss for a generator (``adversary.detector_run``), composed into
+any family that declares ``accepts_adversary`` when a run starts or resumes (genlab.api passes
+:func:`attach_adversary` to the training session; the loop knows nothing of it)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 
 from genlab.errors import GenlabError
 from genlab.methods.step import frozen
+from genlab.train.checkpoint import load_model
 
 
 class FrozenDetector:
@@ -35,15 +37,8 @@ class FrozenDetector:
 def load_detector(run: str | Path, device: torch.device, what: str = "detector run"):
     """A detector run's model (best, else last, inference snapshot), its config and payload; a run of
     another family is a GenlabError."""
-    from genlab.train.checkpoint import build_method_from_checkpoint
-    from genlab.train.rundir import find_checkpoint
-
     run = Path(run).expanduser()
-    try:
-        checkpoint = find_checkpoint(run, "best", inference=True)
-    except GenlabError:
-        checkpoint = find_checkpoint(run, "last", inference=True)
-    method, cfg, payload = build_method_from_checkpoint(checkpoint, device)
+    method, cfg, payload, _ = load_model(run, device, prefer="best")
     if cfg.method != "detector":
         raise GenlabError(f"{what} {run} is a {cfg.method!r} run; a detector run (made by `genlab detect train`) is "
                           "needed here")

@@ -11,20 +11,29 @@ the split the detector trained on.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from genlab.config import apply_overrides, load_preset
+from genlab.analysis.common import pyplot
+from genlab.config import EvalSettings, apply_overrides, load_preset
 from genlab.data import SOURCES, build_dataset
 from genlab.data.cache import ImageSplits
-from genlab.detect.adversary import load_detector
+from genlab.detect.adversary import attach_adversary, load_detector
 from genlab.detect.evaluate import LAUNDERING, LAUNDERING_PROTOCOL, evaluate_against
 from genlab.detect.fakes import EVAL_SEED, FakeSource, check_same_shape, fake_label, load_fake_source
 from genlab.errors import GenlabError
 from genlab.io import atomic_write
+from genlab.methods import METHODS
+from genlab.metrics.evaluate import Evaluator
+from genlab.resolve import load_run_config, resolve_config
+from genlab.train.checkpoint import load_checkpoint
+from genlab.train.rundir import find_checkpoint, training_finished
+from genlab.train.session import named_run_plan, resume_training, start_training
 
 log = logging.getLogger("genlab")
 
@@ -36,11 +45,6 @@ DEFAULT_EVAL_N = 1000  # held-out reals (and fakes per generator) by default
 def fake_image_shape(path: str | Path) -> tuple[int, int, int]:
     """The image shape a fake source makes, read from its checkpoint header or array, without
     building its model."""
-    import numpy as np
-
-    from genlab.train.checkpoint import load_checkpoint
-    from genlab.train.rundir import find_checkpoint
-
     path = Path(path).expanduser()
     if not path.exists():
         raise GenlabError(f"fake {path}: no such run directory or .npz file")
@@ -76,8 +80,6 @@ def _data_section(real: str, root: str | None, overrides: list[str], image_shape
 def detector_config(real: str, fakes: list[str], overrides: list[str] | None = None, root: str | None = None):
     """The resolved config of a detector for real images of ``real`` against ``fakes``: the shipped
     ``detector`` preset, the real data, model.fakes, then ``key=value`` overrides."""
-    from genlab.resolve import resolve_config
-
     overrides = list(overrides or [])
     if not fakes:
         raise GenlabError("--fake names no generator runs (or .npz files) to detect")
@@ -97,16 +99,13 @@ def detector_config(real: str, fakes: list[str], overrides: list[str] | None = N
 def train_named(cfg, run_dir: Path, device: torch.device, quiet: bool = True) -> Path:
     """Train ``cfg`` in ``run_dir``: started there, resumed when it holds this config's unfinished
     run, left as it is when that run finished (a benchmark re-run continues where it stopped)."""
-    from genlab.train.loop import named_run_plan, resume_training, start_training
-    from genlab.train.rundir import training_finished
-
     action, changed = named_run_plan(cfg, run_dir)
     if action == "resume":
         if training_finished(run_dir) and not changed:
             log.info("%s: finished earlier, kept", run_dir)
             return run_dir
-        return resume_training(run_dir, changed, device, quiet=quiet)
-    return start_training(cfg, Path(run_dir).parent, device, quiet=quiet, run_dir=run_dir)
+        return resume_training(run_dir, changed, device, quiet=quiet, extend=attach_adversary)
+    return start_training(cfg, Path(run_dir).parent, device, quiet=quiet, run_dir=run_dir, extend=attach_adversary)
 
 
 def train_detector(real: str, fakes: list[str], device: torch.device, overrides: list[str] | None = None,
@@ -114,12 +113,10 @@ def train_detector(real: str, fakes: list[str], device: torch.device, overrides:
                    quiet: bool = False) -> Path:
     """`genlab detect train`: a detector run (a new numbered directory below ``runs_dir``, or
     ``run_dir``), trained through the one loop; returns its directory."""
-    from genlab.train.loop import start_training
-
     cfg = detector_config(real, fakes, overrides, root)
     if run_dir is not None:
         return train_named(cfg, Path(run_dir), device, quiet)
-    return start_training(cfg, runs_dir, device, quiet=quiet)
+    return start_training(cfg, runs_dir, device, quiet=quiet, extend=attach_adversary)
 
 
 # -- evaluation ------------------------------------------------------------------------------------
@@ -189,8 +186,6 @@ def evaluate_detector_run(detector_run: str | Path, fakes: list[str], device: to
     """`genlab detect eval`: per generator, accuracy, AUC, TPR at 1% FPR (and AUC after each laundering
     transform) of a detector run on held-out reals and fresh fakes. The real data is ``real`` (with
     --root and data.* overrides), else the detector's own data config."""
-    from genlab.resolve import resolve_config
-
     detector_run = Path(detector_run).expanduser()
     detector, dcfg, payload = load_detector(detector_run, device, "DETECTOR_RUN")
     if eval_set is None:
@@ -271,8 +266,6 @@ def detection_matrix(real: str, fakes: list[str], out_dir: Path, device: torch.d
 
 def _only(eval_set: EvalSet, label: str) -> EvalSet:
     """The same real images with only one generator's fakes."""
-    import copy
-
     one = copy.copy(eval_set)
     one.fakes, one.sources = {label: eval_set.fakes[label]}, {label: eval_set.sources[label]}
     return one
@@ -281,11 +274,7 @@ def _only(eval_set: EvalSet, label: str) -> EvalSet:
 def plot_matrix(result: dict, path: Path) -> None:
     """Two heat maps: AUC of each detector (rows) on each generator (columns), and each detector's AUC
     on its own generator after laundering."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = result["rows_trained_on"]
     washed_names = ["clean", *LAUNDERING]
     washed = [[result["robustness_auc"][r][k] for k in washed_names] for r in rows]
@@ -311,12 +300,7 @@ def plot_matrix(result: dict, path: Path) -> None:
 def generator_swd(run: Path, device: torch.device, n: int, seed: int = EVAL_SEED) -> dict:
     """SWD of ``n`` fresh samples of a generator run against its data's validation split (train when
     it has none), with its protocol."""
-    from genlab.metrics.evaluate import Evaluator
-    from genlab.metrics.settings import EvalSettings
-
     source = load_fake_source(run, device)
-    from genlab.resolve import load_run_config
-
     cfg = load_run_config(str(run))
     data = build_dataset(cfg.data)
     split = "val" if data.val is not None and len(data.val) else "train"
@@ -328,8 +312,6 @@ def generator_swd(run: Path, device: torch.device, n: int, seed: int = EVAL_SEED
 def fine_tune_config(generator_run: Path, detector_run: Path, weight: float, epochs: int):
     """The generator's own config, started from its weights (init.from_run), with the detector's term
     added to its loss (adversary.*) for ``epochs`` more epochs."""
-    from genlab.resolve import load_run_config, resolve_config
-
     raw = load_run_config(str(generator_run)).to_dict()
     raw["init"] = {"from_run": str(generator_run), "networks": []}
     raw["adversary"] = {"detector_run": str(detector_run), "weight": weight}
@@ -351,9 +333,6 @@ def adversarial_loop(real: str, generator: str | Path, out_dir: Path, device: to
     if weight <= 0 or generator_epochs < 1:
         raise GenlabError(f"--weight must be > 0 and --generator-epochs at least 1, got {weight} and {generator_epochs}")
     fake_image_shape(generator)  # a generator run, not a detector or a missing path
-    from genlab.methods import METHODS
-    from genlab.resolve import load_run_config
-
     family = METHODS.get(load_run_config(str(generator)).method)
     if not family.accepts_adversary:
         raise GenlabError(f"{generator} is a {family.name!r} run, which cannot be fine-tuned against a detector "

@@ -6,10 +6,14 @@ alike to reals and fakes."""
 
 from __future__ import annotations
 
+import io
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from torchvision.transforms.v2.functional import gaussian_blur
 
 from genlab.data.convert import to_model_range
 from genlab.detect.scores import balanced_accuracy, roc_auc, tpr_at_fpr
@@ -21,11 +25,6 @@ BLUR_SIGMA = 1.0
 def jpeg(images: torch.Tensor, quality: int = JPEG_QUALITY) -> torch.Tensor:
     """uint8 images encoded as JPEG at ``quality`` (4:2:0 chroma subsampling, Pillow's default, as
     most uploads get) and decoded again, through Pillow's libjpeg."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
     out = []
     for image in images.cpu().permute(0, 2, 3, 1).numpy():
         buffer = io.BytesIO()
@@ -45,8 +44,6 @@ def resize_half(images: torch.Tensor) -> torch.Tensor:
 
 def blur(images: torch.Tensor, sigma: float = BLUR_SIGMA) -> torch.Tensor:
     """Gaussian blur, 5x5 kernel, standard deviation ``sigma`` pixels."""
-    from torchvision.transforms.v2.functional import gaussian_blur
-
     return gaussian_blur(images, [5, 5], [sigma, sigma])
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from genlab.errors import GenlabError
+from genlab.train.checkpoint import load_model
 
 VAL_SEED = 500_000  # first seed of a detector's validation fakes
 EVAL_SEED = 1_000_000  # first seed of `genlab detect eval`'s fresh fakes
@@ -79,19 +80,12 @@ def _load_npz(path: Path) -> FakeSource:
 
 def load_fake_source(path: str | Path, device: torch.device) -> FakeSource:
     """A generator run or an .npz; a detector run, a missing path or an unusable file is a GenlabError."""
-    from genlab.train.checkpoint import build_method_from_checkpoint
-    from genlab.train.rundir import find_checkpoint
-
     path = Path(path).expanduser()
     if not path.exists():
         raise GenlabError(f"fake {path}: no such run directory or .npz file")
     if path.suffix == ".npz":
         return _load_npz(path)
-    try:
-        checkpoint = find_checkpoint(path, "best", inference=True)
-    except GenlabError:
-        checkpoint = find_checkpoint(path, "last", inference=True)
-    method, cfg, payload = build_method_from_checkpoint(checkpoint, device)
+    method, cfg, payload, _ = load_model(path, device, prefer="best")
     if not method.samplers:
         raise GenlabError(f"fake {path} is a {cfg.method!r} run, which generates no images; pass generator runs "
                           "(a detector run goes where DETECTOR_RUN is asked for)")

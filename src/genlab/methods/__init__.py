@@ -16,6 +16,10 @@ def build_method(cfg, image_shape: tuple[int, int, int], device):
 
 
 # Importing a family registers it.
-from genlab.methods import autoencoder, detector, diffusion, flow, gan, latent_gan, vae, vaegan  # noqa: E402,F401
+from genlab.methods import autoencoder, diffusion, flow, gan, latent_gan, vae, vaegan  # noqa: E402,F401
+
+# The detector (a classifier, not a generator) lives with its benchmark in genlab.detect, above this
+# layer: named here by module, imported when a config or checkpoint first names it.
+METHODS.register_lazy("detector", "genlab.detect.family")
 
 __all__ = ["METHODS", "build_method"]

@@ -79,7 +79,7 @@ def fit_mixture(codes: torch.Tensor, components: int, seed: int = 0) -> tuple[to
     factors of the covariances (K, D, D), float64. Ghosh et al. 2020 (section 4) sample their
     autoencoders from such a mixture (10 components) fitted after training. The codes are scaled to
     unit variance for the fit, so the covariance floor is relative, as ``fit_gaussian``'s jitter."""
-    from sklearn.mixture import GaussianMixture
+    from sklearn.mixture import GaussianMixture  # deferred: scikit-learn takes ~1 s to import, needed here only
 
     if len(codes) < components:
         raise GenlabError(f"model.prior_components={components}: the mixture is fitted to the codes of the "

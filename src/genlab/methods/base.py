@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 
-from genlab.data.convert import to_uint8
+from genlab.data.convert import to_model_range, to_uint8
 from genlab.errors import GenlabError
 from genlab.methods.step import Stepper
 from genlab.samplers import SAMPLERS, SamplerOptions, SeededNoise, default_options
@@ -47,6 +47,9 @@ class Method:
     init_networks: ClassVar[dict[str, str]] = {}
     # adversary.detector_run: the generator's loss can take adversary_loss(images) of a frozen detector
     accepts_adversary: ClassVar[bool] = False
+    # model keys that change only how a trained model is evaluated (a bound's sample count), so
+    # `genlab eval` may set them on a checkpoint (model.KEY=VALUE, --iw-samples, --bound-timesteps)
+    evaluation_keys: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def check_config(cls, cfg: Any) -> None:
@@ -112,9 +115,9 @@ class Method:
         evaluated images."""
 
     def fit_prior(self, train_images: torch.Tensor) -> None:
-        """Called at every epoch end with the uint8 training images, before validation, grids and the
-        checkpoint: a family that samples from a density fitted to the training data refits it here
-        (the autoencoder's Gaussian over codes). The default does nothing."""
+        """Called by :meth:`end_epoch` with the uint8 training images: a family that samples from a
+        density fitted to the training data refits it here (the autoencoder's Gaussian over codes),
+        identically on every process. The default does nothing."""
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] -> reconstructions in [-1, 1] (has_encoder)."""
@@ -172,16 +175,37 @@ class Method:
     def load_extra_state(self, state: dict[str, Any]) -> None:
         pass
 
-    def end_epoch(self) -> None:
+    def end_epoch(self, train_images: torch.Tensor) -> None:
+        """The one end-of-epoch hook, called by the loop on every process after an epoch's last step
+        and before validation, evaluation, grids, the checkpoint and the choice of best.pt, with the
+        networks that sample in place (the EMA averages when train.ema_decay is set) and the uint8
+        training images. It steps the per-epoch learning-rate schedules and refits a fitted density
+        (:meth:`fit_prior`); a family with more to do at an epoch's end extends it."""
         for scheduler in self.schedulers().values():
             scheduler.step()
+        self.fit_prior(train_images)
 
     # -- shared behaviour -----------------------------------------------------------------------
     def run_step(self, x: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
-        """What the loop calls: the family's step, then the step helper's once-per-step work."""
+        """What the loop calls: the family's step, then the step helper's once-per-step work, whose
+        values (the largest clipped gradient norm) join the step's: a non-finite one stops the run
+        as a non-finite loss does."""
         stats = self.train_step(x, step)
-        self.stepper.end_step()
-        return stats
+        return {**stats, **self.stepper.end_step()}
+
+    def grid_images(self, n: int, seed: int, held_out: torch.Tensor,
+                    autocast=contextlib.nullcontext) -> dict[str, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+        """The images the loop shows at grid time (RUN_DIR/NAME/TAG.png and TensorBoard), by NAME:
+        ``samples`` for the seeds seed..seed+n-1, and for a family with an encoder ``reconstructions``,
+        the uint8 ``held_out`` images beside their reconstructions. Called in the reporting context."""
+        if not self.samplers:  # a family that makes no images (a detector) has no grids
+            return {}
+        images: dict = {"samples": self.sample(n, seed)}
+        if self.has_encoder:
+            with autocast():
+                recon = self.reconstruct(to_model_range(held_out.to(self.device)))
+            images["reconstructions"] = (held_out, to_uint8(recon).cpu())
+        return images
 
     def train(self) -> None:
         for net in self.networks().values():

@@ -9,6 +9,7 @@ likelihood is its variational bound (eq. 5) with the discretised decoder (eq. 13
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -136,6 +137,7 @@ class DDPMMethod(_DiffusionBase):
     name = "ddpm"
     config_class = DiffusionConfig
     has_likelihood = True
+    evaluation_keys = ("bound_timesteps",)
     latent_kind = "image"
 
     @classmethod
@@ -324,6 +326,4 @@ def latent_scale_of(first_stage, train_images: torch.Tensor, device) -> float:
 
 
 def _as_dict(obj) -> dict:
-    import dataclasses
-
     return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(obj)

@@ -90,9 +90,9 @@ class Stepper:
 
     def __init__(self, networks: Callable[[], dict[str, nn.Module]] = dict):
         self.networks = networks  # the family's networks (DDP wrappers included), for no_sync
-        # True once a clipped gradient norm was non-finite: a device flag the loop reads (and clears)
-        # where it reads the losses, so the check costs no sync per step
-        self.nonfinite: torch.Tensor | bool = False
+        # this step's clipped gradient norms (fp32 only: under the fp16 scaler an inf gradient is
+        # expected, and the scaler skips the step), returned by end_step as the step's grad_norm
+        self.norms: list[torch.Tensor] = []
         self.scaler: torch.amp.GradScaler | None = None
         self.accumulate = 1
 
@@ -144,7 +144,7 @@ class Stepper:
             if clip > 0:
                 norm = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
                 if self.scaler is None:  # (under the fp16 scaler an inf gradient is expected: the step is skipped)
-                    self.nonfinite = self.nonfinite | ~torch.isfinite(norm)
+                    self.norms.append(norm.detach())
         if self.scaler is not None:
             self.scaler.step(optimizer)  # skipped when the unscaled gradients hold inf or NaN
         else:
@@ -162,7 +162,13 @@ class Stepper:
         inverse = 1.0 / self.scaler.get_scale()
         return [g * inverse for g in scaled]
 
-    def end_step(self) -> None:
-        """After every optimizer of a training step has stepped: the scaler's one update."""
+    def end_step(self) -> dict[str, torch.Tensor]:
+        """After every optimizer of a training step has stepped: the scaler's one update. Returns
+        ``grad_norm``, the largest clipped gradient norm of the step (NaN when any was NaN), when
+        one was clipped: the loop logs it and stops on a non-finite one as on a non-finite loss."""
         if self.scaler is not None:
             self.scaler.update()
+        if not self.norms:
+            return {}
+        norms, self.norms = torch.stack(self.norms), []
+        return {"grad_norm": norms.max()}  # (torch.max propagates NaN)

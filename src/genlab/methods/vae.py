@@ -76,6 +76,7 @@ class VAEMethod(PosteriorPrior, Method):
     config_class = VAEConfig
     has_encoder = True
     has_likelihood = True
+    evaluation_keys = ("iw_samples",)
     has_validation_loss = True
     ema_targets = ("encoder", "decoder")
     accepts_adversary = True  # decoded prior samples also minimise a frozen detector's loss (`genlab detect loop`)

@@ -16,15 +16,18 @@ import logging
 
 import torch
 
-from genlab.config import DataConfig
+from genlab import distributed
+from genlab.config import PROTOCOL_N, DataConfig, EvalSettings
 from genlab.data.cache import ImageSplits, cache_root
 from genlab.data.convert import bits_per_dim, dequantize, to_model_range, to_uint8
+from genlab.distributed import SINGLE
 from genlab.errors import GenlabError
 from genlab.io import atomic_write
 from genlab.metrics import fidelity, image, swd
 from genlab.metrics.features import DESCRIPTIONS, EXTRACTORS, LOGITS, POOL, extract
-from genlab.metrics.settings import PROTOCOL_N, EvalSettings
+from genlab.metrics.ppl import perceptual_path_length
 from genlab.metrics.table import INCEPTION_METRICS, PIXEL_METRICS, SAMPLE_METRICS, check_metrics_apply, parse_metrics
+from genlab.samplers import describe
 
 log = logging.getLogger("genlab")
 
@@ -158,8 +161,6 @@ class Evaluator:
     def _sharded_samples(self, method, metrics: list[str], info) -> tuple[torch.Tensor | None, dict | None]:
         """Generation (and feature extraction) split over the processes of a DDP job by seed range,
         gathered on rank 0 in rank order: the same images and features as one process makes."""
-        from genlab.train import distributed
-
         share = -(-self.s.n // info.world_size)
         first = min(self.s.n, info.rank * share)
         count = min(share, self.s.n - first)
@@ -182,9 +183,6 @@ class Evaluator:
         its declared abilities). Returns results and the generated samples. Under DDP (``info``),
         every rank must call this: generation and feature extraction are shared, rank 0 gets the
         results and the other ranks an empty dict."""
-        from genlab.samplers import describe
-        from genlab.train.distributed import SINGLE
-
         check_metrics_apply(metrics, type(method), "metrics")
         info = info or SINGLE
         results: dict[str, dict] = {}
@@ -210,8 +208,6 @@ class Evaluator:
         if "bpd" in metrics:
             model_results.update(self.bits_per_dim(method))
         if "ppl" in metrics:
-            from genlab.metrics.ppl import perceptual_path_length
-
             model_results.update(perceptual_path_length(method, self.s, self.device, self.s.ppl_similarity))
         for r in model_results.values():  # which model (checkpoint, step, weights) they measure
             r["protocol"] = f"{checkpoint_label} | {r['protocol']}"

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from genlab.config import DataConfig
+from genlab.data import load_dataset
 from genlab.errors import GenlabError
 
 
@@ -24,8 +25,6 @@ def load_images(path: Path, channels: int, size: int) -> torch.Tensor:
         if images.dtype != np.uint8 or images.ndim != 4:
             raise GenlabError(f"--fake {path}: 'images' must be uint8 (N, C, H, W), got {images.dtype} {images.shape}")
         return torch.from_numpy(images)
-    from genlab.data import load_dataset
-
     data = load_dataset(DataConfig(source="folder", root=str(path), size=size, channels=channels,
                                    val_fraction=0.0, split="random"))
     return data.train

@@ -6,6 +6,9 @@ import math
 
 import torch
 import torch.nn as nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from genlab.errors import GenlabError
 
 
 def activation(name: str) -> nn.Module:
@@ -32,8 +35,6 @@ def channel_ladder(steps: int, base: int, cap: int = 512) -> list[int]:
 def widths_for(size: int, widths: list[int], base: int, key: str = "model.widths") -> list[int]:
     """The configured widths (one per stride-2 step from ``size`` down to 4x4), or the ladder from
     ``base`` when none are given; a list of the wrong length is a GenlabError naming ``key``."""
-    from genlab.errors import GenlabError
-
     steps = num_resolution_steps(size)
     widths = list(widths) or channel_ladder(steps, base)
     if len(widths) != steps:
@@ -138,8 +139,6 @@ def spectral_norm_all(module: nn.Module) -> nn.Module:
     is divided by its largest singular value, estimated by one power iteration per forward pass, so
     every layer is 1-Lipschitz. (torch's parametrization: the dimension of output channels is found
     for transposed convolutions too.)"""
-    from torch.nn.utils.parametrizations import spectral_norm
-
     for m in list(module.modules()):
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             spectral_norm(m)

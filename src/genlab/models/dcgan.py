@@ -21,7 +21,6 @@ import torch.nn as nn
 
 from genlab.errors import GenlabError
 from genlab.models import GAN_ARCHS
-from genlab.models.vae import ConvDecoder
 from genlab.models.blocks import (
     SelfAttention,
     activation,
@@ -32,6 +31,7 @@ from genlab.models.blocks import (
     spectral_norm_all,
     up_block,
 )
+from genlab.models.vae import ConvDecoder
 
 BOTTOM = 4  # side of the smallest feature map, in pixels
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from torchvision.models import resnet18
 
 from genlab.models.blocks import channel_ladder, num_resolution_steps
 from genlab.registry import Registry
@@ -48,8 +49,6 @@ class SmallCNN(nn.Module):
 class ResNet18Detector(nn.Module):
     def __init__(self, image_shape: tuple[int, int, int], width: int = 64):
         super().__init__()
-        from torchvision.models import resnet18
-
         channels = image_shape[0]
         net = resnet18(weights=None, num_classes=1)  # torchvision's widths (model.width is the cnn's)
         net.conv1 = nn.Conv2d(channels, 64, 3, 1, 1, bias=False)

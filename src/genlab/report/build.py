@@ -20,8 +20,13 @@ import re
 from pathlib import Path
 
 import yaml
+from jinja2 import Environment, PackageLoader, select_autoescape
 
 import genlab
+from genlab import sweep
+from genlab.analysis.common import pyplot
+from genlab.analysis.curves import curves_figure
+from genlab.analysis.timeline import epoch_grids
 from genlab.errors import GenlabError
 from genlab.io import atomic_write
 
@@ -34,8 +39,6 @@ def data_uri(png: bytes | Path) -> str:
 
 
 def figure_uri(fig) -> str:
-    from genlab.analysis.common import pyplot
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     pyplot().close(fig)
@@ -103,8 +106,6 @@ def read_json(path: Path) -> dict:
 
 
 def grids(run: Path, kind: str) -> dict[int, Path]:
-    from genlab.analysis.timeline import epoch_grids
-
     return epoch_grids(run, kind)
 
 
@@ -144,8 +145,6 @@ def collect_run(run: Path) -> dict:
 
 
 def curves_uri(runs: dict[str, Path]) -> tuple[str | None, str]:
-    from genlab.analysis.curves import curves_figure
-
     try:
         fig, _ = curves_figure(runs)
     except GenlabError as e:
@@ -198,15 +197,11 @@ def classify(path: Path) -> str:
 
 def build_report(paths: list[Path], title: str | None = None) -> str:
     """The HTML text of the report on ``paths`` (run directories, sweep and matrix folders)."""
-    from jinja2 import Environment, PackageLoader, select_autoescape
-
     kinds = [(Path(p), classify(Path(p))) for p in paths]
     runs = [collect_run(p) for p, k in kinds if k == "run"]
     sweeps = []
     for p, k in kinds:
         if k == "sweep":
-            from genlab.sweep import sweep_report_data
-
             sweeps.append(sweep_report_data(p))
             runs += [collect_run(Path(r)) for r in sweeps[-1]["run_dirs"] if is_run(Path(r))]
     matrices = [collect_matrix(p) for p, k in kinds if k == "matrix"]
@@ -247,3 +242,17 @@ def write_report(paths: list[Path], out: Path, force: bool = False, title: str |
     text = build_report(paths, title)
     atomic_write(out, lambda tmp: tmp.write_text(text, encoding="utf-8"), "file")
     return out
+
+
+def sweep_report_data(folder: Path) -> dict:
+    """What `genlab report SWEEP_DIR` shows: the results table, the chart and the runs."""
+    folder = Path(folder)
+    manifest = sweep.read_manifest(folder)
+    results = sweep.summarize(folder)
+    chart_png = folder / "sweep.png"
+    return {"name": folder.name, "preset": manifest["preset"], "grid": manifest["grid"], "seeds": manifest["seeds"],
+            "metrics": results["metrics"], "points": results["points"], "done": results["finished"],
+            "total": results["total"], "protocol": results["example_protocol"],
+            "chart": data_uri(chart_png) if chart_png.is_file() else None,
+            "chart_note": "no run has numbers yet",
+            "run_dirs": [e.get("run_dir") or str(folder / "runs" / e["name"]) for e in manifest["runs"]]}

@@ -10,7 +10,7 @@ A family lists the samplers it supports in ``Method.samplers`` (the first is its
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 from genlab.registry import Registry
@@ -41,8 +41,6 @@ def default_options(name: str) -> SamplerOptions:
 
 def describe(options: SamplerOptions) -> str:
     """``latent(temperature=1.0)``: the sampler and its settings, for protocol strings and logs."""
-    from dataclasses import asdict
-
     rest = {k: v for k, v in asdict(options).items() if k != "name"}
     return f"{options.name}({', '.join(f'{k}={v}' for k, v in rest.items())})"
 

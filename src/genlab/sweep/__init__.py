@@ -22,8 +22,12 @@ from pathlib import Path
 
 import yaml
 
+from genlab.analysis.common import pyplot
 from genlab.errors import GenlabError
 from genlab.io import atomic_write
+from genlab.metrics.table import METRICS, parse_metrics
+from genlab.resolve import load_config
+from genlab.train.rundir import training_finished
 
 log = logging.getLogger("genlab")
 MANIFEST = "sweep.json"
@@ -103,8 +107,6 @@ def _value_name(value) -> str:
 def plan(spec: SweepSpec) -> list[dict]:
     """Every (grid point, seed) as a run entry, each config resolved now: a bad key or value is
     refused before anything runs, naming the key."""
-    from genlab.resolve import load_config
-
     keys = list(spec.grid)
     entries = []
     for values in itertools.product(*(spec.grid[k] for k in keys)) if keys else [()]:
@@ -144,9 +146,6 @@ def read_manifest(folder: Path) -> dict:
 
 def run_finished(run_dir: Path, metrics: list[str]) -> bool:
     """Trained to its end (not stopped by a signal) and evaluated on every sweep metric."""
-    from genlab.metrics.table import METRICS
-    from genlab.train.rundir import training_finished
-
     if not training_finished(run_dir):
         return False
     summary = json.loads((Path(run_dir) / "metrics.json").read_text())
@@ -171,8 +170,6 @@ def start(spec: SweepSpec, folder: Path, runner, device: str = "auto") -> dict:
         raise GenlabError(f"{folder} already holds a sweep; continue it with genlab sweep --resume {folder}")
     if folder.exists() and any(folder.iterdir()):
         raise GenlabError(f"--out {folder} exists and is not empty; name a new folder")
-    from genlab.metrics.table import parse_metrics
-
     spec.metrics = parse_metrics(spec.metrics)
     entries = plan(spec)
     folder.mkdir(parents=True, exist_ok=True)
@@ -262,8 +259,6 @@ def summarize(folder: Path) -> dict:
     fig = chart(results)
     if fig is not None:
         atomic_write(folder / "sweep.png", lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"), "image")
-        from genlab.analysis.common import pyplot
-
         pyplot().close(fig)
     return results
 
@@ -271,8 +266,6 @@ def summarize(folder: Path) -> dict:
 def chart(results: dict):
     """One panel per (metric, swept key): the metric's mean over seeds against the key's values,
     one line per combination of the other keys, min-max as error bars."""
-    from genlab.analysis.common import pyplot
-
     keys, metrics = list(results["grid"]), [m for m in results["metrics"]]
     if not metrics:
         return None
@@ -312,19 +305,3 @@ def chart(results: dict):
     fig.suptitle(f"{results['preset']}: mean over seeds {results['seeds']}, bars min–max", fontsize=10)
     fig.tight_layout()
     return fig
-
-
-def sweep_report_data(folder: Path) -> dict:
-    """What `genlab report SWEEP_DIR` shows: the results table, the chart and the runs."""
-    from genlab.report.build import data_uri
-
-    folder = Path(folder)
-    manifest = read_manifest(folder)
-    results = summarize(folder)
-    chart_png = folder / "sweep.png"
-    return {"name": folder.name, "preset": manifest["preset"], "grid": manifest["grid"], "seeds": manifest["seeds"],
-            "metrics": results["metrics"], "points": results["points"], "done": results["finished"],
-            "total": results["total"], "protocol": results["example_protocol"],
-            "chart": data_uri(chart_png) if chart_png.is_file() else None,
-            "chart_note": "no run has numbers yet",
-            "run_dirs": [e.get("run_dir") or str(folder / "runs" / e["name"]) for e in manifest["runs"]]}

@@ -9,6 +9,7 @@ returncode)`` as each run ends; the sweep knows nothing else about it.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import time
@@ -58,8 +59,6 @@ class RayRunner:
     ("auto": the one this machine belongs to; None: start a local single-node instance)."""
 
     def __init__(self, address: str | None = "auto", gpus: float = 0, cpus: float = 1):
-        import importlib.util
-
         if importlib.util.find_spec("ray") is None:
             raise GenlabError("--runner ray needs Ray: pip install 'genlab[ray]'")
         self.address, self.gpus, self.cpus = address, gpus, cpus
@@ -68,7 +67,7 @@ class RayRunner:
         return f"ray ({self.address or 'local instance'}, {self.gpus} GPU and {self.cpus} CPU per run)"
 
     def run(self, jobs: dict[str, list[list[str]]], logs: Path, done: Callable[[str, int], None]) -> None:
-        import ray
+        import ray  # deferred: the optional extra genlab[ray], checked for in __init__
 
         started_here = not ray.is_initialized()
         if started_here:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -21,8 +21,10 @@ import genlab
 from genlab.config import Config
 from genlab.errors import GenlabError
 from genlab.io import atomic_write
+from genlab.methods import build_method
+from genlab.methods.base import Method
 from genlab.resolve import resolve_config
-from genlab.train.rundir import INFERENCE_SUFFIX, inference_path
+from genlab.train.rundir import INFERENCE_SUFFIX, find_checkpoint, inference_path
 
 FORMAT = "genlab-checkpoint"
 FORMAT_VERSION = 2  # 2: EMA state and inference snapshots (version 1 checkpoints still load)
@@ -108,8 +110,6 @@ def build_method_from_checkpoint(path: Path, device: torch.device, raw_weights: 
     """Rebuild the model a checkpoint was trained as, on ``device``, from the checkpoint alone, with
     the EMA weights for sampling when it has them (``raw_weights``: the last iterate instead).
     ``payload["weights_used"]`` says which."""
-    from genlab.methods import build_method
-
     payload = load_checkpoint(path)
     cfg = config_from_checkpoint(payload, path)
     method = build_method(cfg, tuple(payload["image_shape"]), device)
@@ -128,3 +128,30 @@ def build_method_from_checkpoint(path: Path, device: torch.device, raw_weights: 
                                   f"{str(e).strip().splitlines()[0]}") from e
         payload["weights_used"] = "ema"
     return method, cfg, payload
+
+
+class LoadedModel(NamedTuple):
+    method: Method
+    config: Config
+    payload: dict[str, Any]  # the checkpoint's contents; payload["weights_used"] is "ema" or "raw"
+    path: Path  # the checkpoint file read
+
+
+def load_model(run: Path | str, device: torch.device, prefer: str = "last", weights: str = "ema",
+               fallback: bool = True) -> LoadedModel:
+    """The one way to load a trained model: a run directory's ``prefer`` checkpoint ("best" or
+    "last"; with ``fallback``, a run without best.pt gives its last) or a checkpoint file given
+    directly, with ``weights`` "ema" (the lean inference snapshot: the averaged weights when the run
+    kept an EMA, else the raw ones) or "raw" (the last iterate, from the full checkpoint)."""
+    if prefer not in ("best", "last") or weights not in ("ema", "raw"):
+        raise ValueError(f"prefer must be best or last and weights ema or raw, got {prefer!r}, {weights!r}")
+    run = Path(run).expanduser()
+    inference = weights == "ema"
+    try:
+        path = find_checkpoint(run, prefer, inference=inference)
+    except GenlabError:
+        if not (fallback and prefer == "best"):
+            raise
+        path = find_checkpoint(run, "last", inference=inference)
+    method, cfg, payload = build_method_from_checkpoint(path, device, raw_weights=weights == "raw")
+    return LoadedModel(method, cfg, payload, path)

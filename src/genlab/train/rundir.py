@@ -13,6 +13,7 @@ Layout of a run directory:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -90,7 +91,7 @@ class StatsWriter:
     """stats.jsonl (append-only) and TensorBoard scalars, written from one place."""
 
     def __init__(self, run_dir: Path, purge_step: int | None = None):
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # deferred: ~1 s to import, paid by training only
 
         self.file = open(run_dir / "stats.jsonl", "a")
         self.tb_dir = run_dir / "tb"
@@ -99,8 +100,6 @@ class StatsWriter:
 
     def _tensorboard(self):
         """TensorBoard's writer fails on a full disk with a bare OSError (from its own thread): name it."""
-        import contextlib
-
         @contextlib.contextmanager
         def named():
             try:
@@ -135,6 +134,20 @@ class StatsWriter:
             self.tb.close()
         except OSError:
             pass
+
+
+class NoWriter:
+    """What ranks other than 0 write: nothing."""
+
+    def write(self, record):
+        pass
+
+    def image(self, *args):
+        pass
+
+    def close(self):
+        pass
+
 
 
 def image_grid(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor:

@@ -26,9 +26,7 @@ from genlab.methods.step import fused_optimizers
 
 log = logging.getLogger("genlab")
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-# torch.compile's modes; "reduce-overhead" adds CUDA graphs (cudagraph trees) on CUDA devices.
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# torch.compile's modes (genlab.config.COMPILE_MODES); "reduce-overhead" adds CUDA graphs (cudagraph trees) on CUDA.
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
@@ -103,7 +101,7 @@ def apply_plan(plan: SpeedPlan, method, accumulate: int = 1) -> None:
             torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     method.stepper.configure(scaler=torch.amp.GradScaler("cuda") if plan.grad_scaler else None, accumulate=accumulate)
     if plan.compile_mode:
-        import torch._dynamo as dynamo  # (not `import torch._dynamo`: that would make `torch` local here)
+        import torch._dynamo as dynamo  # deferred: dynamo only when compiling (and not `import torch._dynamo`, which would make `torch` local here)
 
         dynamo.config.suppress_errors = True  # a graph that fails to compile runs eagerly
         try:
@@ -119,3 +117,17 @@ def begin_step(plan: SpeedPlan) -> None:
     replays may be reused (their outputs have been consumed by the optimizer step)."""
     if plan.cuda_graphs:
         torch.compiler.cudagraph_mark_step_begin()
+
+
+def place_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The whole uint8 training split on the device when it fits in half the free memory, so
+    batches are gathered there; otherwise it stays memory-mapped on the host, and each batch is
+    gathered into pinned memory so its copy to the GPU runs asynchronously."""
+    if device.type != "cuda":
+        return images
+    free, _ = torch.cuda.mem_get_info(device)
+    nbytes = images.numel() * images.element_size()
+    if nbytes < free // 2:
+        return images.to(device)
+    log.info("training images (%.1f GB) stay on the host: the GPU has %.1f GB free", nbytes / 1e9, free / 1e9)
+    return images

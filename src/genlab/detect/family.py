@@ -1,5 +1,7 @@
 """A real-vs-generated image classifier (a "deepfake detector") as a genlab family, so it trains
-through the one loop with its run directories, checkpoints, resume and early stopping.
+through the one loop with its run directories, checkpoints, resume and early stopping. It is
+registered from here (genlab.methods names this module for the ``detector`` method), so nothing
+under genlab.methods imports the detector benchmark.
 
 The loop feeds the real training images; the fakes come from ``model.fakes`` (generator runs or
 ``.npz`` files, see :mod:`genlab.detect.fakes`): a pool of ``model.fake_n`` images per generator,
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 
 from genlab.config import OptimConfig, check_positive
 from genlab.data.convert import to_model_range
+from genlab.detect.fakes import VAL_SEED, check_same_shape, load_fake_source
 from genlab.errors import GenlabError
 from genlab.methods import METHODS
 from genlab.methods.base import Method
@@ -83,8 +86,6 @@ class DetectorMethod(Method):
     def draw_pools(self) -> None:
         """The training and validation fakes of every generator in model.fakes (checked against the
         real images' shape), kept as uint8 on the training device."""
-        from genlab.detect.fakes import VAL_SEED, check_same_shape, load_fake_source
-
         cfg = self.cfg
         if not cfg.fakes:
             raise GenlabError("model.fakes names no generator runs (or .npz files) to detect; "

@@ -9,11 +9,13 @@ rank 0 write the run directory. Nothing else in the loop or in a family changes.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from genlab.errors import GenlabError
 
@@ -114,17 +116,24 @@ def parameters_agree(networks: dict, info: DistInfo) -> bool:
 def wrap_ddp(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """DDP around one network. Buffers are not broadcast at every forward, so rank 0 can sample,
     validate and evaluate alone without a collective that the other ranks would never join."""
-    from torch.nn.parallel import DistributedDataParallel
-
     if not any(p.requires_grad for p in net.parameters()):
         return net
-    import inspect
-
     ids = [device.index] if device.type == "cuda" else None
     # Newer torch renamed the option (the old name warns); both leave initial buffers synchronised.
     newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
     no_sync = {"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}
     return DistributedDataParallel(net, device_ids=ids, **no_sync)
+
+
+def resolve_device(name: str) -> torch.device:
+    """--device auto | cpu | cuda as a torch device; cuda where there is none is a GenlabError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GenlabError(f"--device cuda: CUDA is not available here (torch {torch.__version__}); use --device cpu")
+    if name not in ("cpu", "cuda"):
+        raise GenlabError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
 
 
 def check_gpus(requested: int) -> None:

@@ -1,0 +1,117 @@
+"""`genlab report` and `genlab sweep`: runs side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from genlab import sweep
+from genlab.cli.common import FORMAT, add_common, positive
+from genlab.errors import GenlabError
+from genlab.report import write_report
+from genlab.sweep.runners import LocalRunner, RayRunner
+
+REPORT_EXAMPLES = """\
+examples:
+  genlab report runs/00000-quickstart-digits --out quickstart.html
+  genlab report runs/00003-vae-celeba64-seed002-celeba runs/00004-dcgan-celeba64-celeba --out vae-vs-gan.html
+  genlab report sweeps/vae-kl-seed004 --out kl-sweep.html
+  genlab report detect-matrix --out detectors.html
+
+The page is one file: images are embedded, nothing is fetched; open it in any browser.
+"""
+
+SWEEP_EXAMPLES = """\
+examples:
+  genlab sweep vae-ck-seed001 data.root=../shared/data/ckplus48 --grid model.kl_weight=0.001,0.01,0.1 --seeds 0,1,2 --parallel 2
+  genlab sweep vae-cifar10-seed003 data.root=../shared/data/cifar10-jpeg --grid model.latent_dim=10,128,512,2048
+  genlab sweep vae-kl-seed001 data.root=../shared/data/ckplus48          a shipped sweep (genlab sweep --list)
+  genlab sweep --resume sweeps/vae-kl-seed001 --parallel 2
+  genlab sweep dcgan-celeba64 data.root=... --grid model.latent_dim=10,100,2000 --runner ray --gpus-per-run 1
+
+Each run is an ordinary run directory (SWEEP/runs/POINT-seedK); after training it is evaluated
+(--metrics, default swd). The sweep writes sweep.json, results.json, sweep.png and report.html.
+"""
+
+
+
+def add_parsers(sub) -> None:
+    fmt = FORMAT
+    p = sub.add_parser("report", help="one self-contained HTML page for runs, sweeps and detector matrices",
+                       description="Write one self-contained HTML report (images embedded) for runs side by side, "
+                                   "sweeps and detector matrices.", epilog=REPORT_EXAMPLES, formatter_class=fmt)
+    p.add_argument("paths", nargs="+", type=Path, metavar="RUN_DIR|SWEEP_DIR|MATRIX_DIR")
+    p.add_argument("--out", type=Path, default=Path("report.html"), help="the HTML file (default: report.html)")
+    p.add_argument("--title", default=None)
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    add_common(p, device=False)
+
+    p = sub.add_parser("sweep", help="a grid of runs over config keys and seeds, with a sweep report",
+                       description="Run a grid of ordinary runs under one sweep folder, then chart each metric against "
+                                   "each swept key with the spread over seeds.", epilog=SWEEP_EXAMPLES, formatter_class=fmt)
+    p.add_argument("preset", nargs="?", help="a preset, or a shipped sweep (see the list below)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every run")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="a swept key and its values (repeatable)")
+    p.add_argument("--seeds", default=None, help="comma-separated training seeds (default: 0, or the shipped sweep's)")
+    p.add_argument("--parallel", type=int, default=1, help="runs at a time (local runner; default 1)")
+    p.add_argument("--out", type=Path, default=None, help="the sweep folder (default: sweeps/NAME)")
+    p.add_argument("--resume", type=Path, metavar="SWEEP_DIR", help="continue a sweep: keep finished runs, resume the rest")
+    p.add_argument("--metrics", default=None, help="evaluated after each run (default: swd, weight-free)")
+    p.add_argument("--eval-n", type=int, default=None, help="samples per evaluation (default 2000)")
+    p.add_argument("--runner", choices=("local", "ray"), default="local")
+    p.add_argument("--ray-address", default="auto", help="the Ray cluster ('auto': the one this machine is in; 'local': "
+                                                         "start a single-node instance here)")
+    p.add_argument("--gpus-per-run", type=float, default=0, help="Ray: GPUs each run requests")
+    p.add_argument("--cpus-per-run", type=float, default=1, help="Ray: CPUs each run requests")
+    p.add_argument("--list", action="store_true", help="list the shipped sweeps")
+    add_common(p)
+
+
+def cmd_report(args) -> int:
+    out = write_report(args.paths, args.out, args.force, args.title)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); open it in a browser")
+    return 0
+
+
+
+def cmd_sweep(args) -> int:
+    if args.list:
+        for name in sweep.sweep_presets():
+            spec = sweep.load_sweep_preset(name)
+            print(f"{name:<24} {spec.preset:<24} {spec.description}")
+        return 0
+    if args.runner == "ray":
+        runner = RayRunner(None if args.ray_address == "local" else args.ray_address, args.gpus_per_run, args.cpus_per_run)
+    else:
+        runner = LocalRunner(args.parallel)
+    if args.resume is not None:
+        if args.preset or args.grid or args.overrides:
+            raise GenlabError("--resume SWEEP_DIR continues a sweep as it was planned: give no preset, --grid or overrides")
+        folder = args.resume
+        results = sweep.execute(folder, runner)
+    else:
+        if args.preset is None:
+            raise GenlabError("name a preset or a shipped sweep (genlab sweep --list), or --resume SWEEP_DIR")
+        if args.preset in sweep.sweep_presets():
+            spec = sweep.load_sweep_preset(args.preset)
+            spec.overrides = spec.overrides + list(args.overrides)
+            spec.grid.update(sweep.parse_grid(args.grid))
+        else:
+            spec = sweep.SweepSpec(preset=args.preset, grid=sweep.parse_grid(args.grid), overrides=list(args.overrides),
+                                   name=args.preset)
+        if args.seeds is not None:
+            spec.seeds = sweep.parse_seeds(args.seeds)
+        if args.metrics is not None:
+            spec.metrics = [m for m in args.metrics.split(",") if m.strip()]
+        if args.eval_n is not None:
+            positive("--eval-n", args.eval_n)
+            spec.eval_n = args.eval_n
+        folder = args.out or Path("sweeps") / spec.name
+        results = sweep.start(spec, folder, runner, args.device)
+    report = write_report([folder], folder / "report.html", force=True)
+    print(f"{results['finished']} of {results['total']} runs finished")
+    for point in results["points"]:
+        shown = ", ".join(f"{m} {s['mean']:.4g} [{s['min']:.4g}, {s['max']:.4g}]" for m, s in point["stats"].items())
+        print(f"  {point['label']:<40} {shown or '(no numbers)'}")
+    print(f"wrote {folder / 'results.json'}, {folder / 'sweep.png'} and {report}")
+    return 0 if results["finished"] == results["total"] else 1
+
