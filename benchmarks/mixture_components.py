@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import write_result
 
 VALIDATION_CODES = 2_000
@@ -43,11 +42,12 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
 
-    from genlab.data import build_dataset
-    from genlab.methods.autoencoder import add_prior_buffers, codes_of, from_prior, refit_prior
-    from genlab.methods.base import unwrap
-    from genlab.metrics.evaluate import Evaluator
     from genlab.config import EvalSettings
+    from genlab.data import build_dataset
+    from genlab.distributed import unwrap
+    from genlab.methods.encoder_decoder import codes_of, refit_prior
+    from genlab.metrics.evaluate import Evaluator
+    from genlab.models.latent_prior import add_prior_buffers, from_prior
     from genlab.train.checkpoint import load_model
 
     method, cfg, payload, _ = load_model(args.run, device)

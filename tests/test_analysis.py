@@ -9,10 +9,10 @@ import torch
 
 from genlab.analysis import commands, latent
 from genlab.analysis.curves import smooth
+from genlab.api import train as start_training
 from genlab.errors import GenlabError
 from genlab.report.build import build_report, flag_mismatches, protocol_parts
 from genlab.resolve import load_config
-from genlab.api import train as start_training
 
 CPU = torch.device("cpu")
 

@@ -3,12 +3,13 @@ training, save/load and bit-exact resume."""
 
 import torch
 
+from genlab.api import resume as resume_training
+from genlab.api import train as start_training
 from genlab.data.convert import to_model_range
 from genlab.methods import build_method
-from genlab.methods.autoencoder import add_prior_buffers, fit_gaussian, fit_mixture, from_prior, whiten
+from genlab.models.latent_prior import add_prior_buffers, fit_gaussian, fit_mixture, from_prior, whiten
 from genlab.resolve import load_config
 from genlab.train.checkpoint import build_method_from_checkpoint, load_checkpoint
-from genlab.api import resume as resume_training, train as start_training
 
 CPU = torch.device("cpu")
 

@@ -7,9 +7,8 @@ import sys
 
 import pytest
 import torch
-from PIL import Image
-
 from conftest import only_run
+from PIL import Image
 
 
 def digest(folder):

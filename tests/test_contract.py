@@ -13,18 +13,20 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-
 from conftest import only_run
+
+from genlab.api import resume as resume_training
+from genlab.api import train as start_training
 from genlab.config import OptimConfig, check_positive
 from genlab.data.convert import bits_per_dim, dequantize
 from genlab.errors import GenlabError
 from genlab.methods import METHODS
+from genlab.methods.abilities import Likelihood
 from genlab.methods.base import Method
 from genlab.methods.step import Stepper, make_optimizer
 from genlab.resolve import load_config, resolve_config
 from genlab.samplers import SAMPLERS, Sampler, SamplerOptions, SeededNoise
 from genlab.train.checkpoint import build_method_from_checkpoint, load_checkpoint
-from genlab.api import resume as resume_training, train as start_training
 
 CPU = torch.device("cpu")
 
@@ -72,10 +74,9 @@ SAMPLERS.register("test-ancestral")(Sampler(ancestral_sampler, AncestralOptions)
 
 
 @METHODS.register("toy-gaussian")
-class ToyGaussian(Method):
+class ToyGaussian(Method, Likelihood):
     name = "toy-gaussian"
     config_class = ToyConfig
-    has_likelihood = True
     has_validation_loss = True
     latent_kind = "image"
     samplers = ("test-ancestral", "latent")
@@ -83,11 +84,8 @@ class ToyGaussian(Method):
 
     def __init__(self, cfg, image_shape, device):
         super().__init__(cfg, image_shape, device)
-        self.net = PixelGaussian(image_shape).to(device)
+        self.nets.net = PixelGaussian(image_shape).to(device)
         self.opt = make_optimizer(OptimConfig(lr=cfg.lr), self.net.parameters(), device)
-
-    def networks(self):
-        return {"net": self.net}
 
     def optimizers(self):
         return {"adam": self.opt}
@@ -224,8 +222,8 @@ def test_ema_update_follows_its_formula():
 
 
 def test_image_shaped_latents_work_with_ppl():
-    from genlab.metrics.ppl import perceptual_path_length
     from genlab.config import EvalSettings
+    from genlab.metrics.ppl import perceptual_path_length
 
     torch.manual_seed(0)
     m = ToyGaussian(ToyConfig(), (1, 8, 8), CPU)
@@ -259,10 +257,7 @@ class Sometimes(Method):
 
     def __init__(self, cfg, image_shape, device):
         super().__init__(cfg, image_shape, device)
-        self.net = torch.nn.Linear(1, 1)
-
-    def networks(self):
-        return {"net": self.net}
+        self.nets.net = torch.nn.Linear(1, 1)
 
     def optimizers(self):
         return {}

@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-
 from conftest import only_run
-from genlab.resolve import load_config, resolve_config
-from genlab.methods import METHODS
+
+from genlab.api import train as start_training
 from genlab.config import OptimConfig
+from genlab.methods import METHODS
 from genlab.methods.base import Method
 from genlab.methods.step import make_optimizer
+from genlab.resolve import load_config, resolve_config
 from genlab.train.checkpoint import load_checkpoint
-from genlab.api import train as start_training
 
 CPU = torch.device("cpu")
 
@@ -40,11 +40,8 @@ class LinearAutoencoder(Method):
     def __init__(self, cfg, image_shape, device):
         super().__init__(cfg, image_shape, device)
         d = int(torch.tensor(image_shape).prod())
-        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(d, d)).to(device)
+        self.nets.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(d, d)).to(device)
         self.opt = make_optimizer(OptimConfig(lr=cfg.lr), self.net.parameters(), device)
-
-    def networks(self):
-        return {"net": self.net}
 
     def optimizers(self):
         return {"adam": self.opt}
@@ -181,8 +178,8 @@ def test_fp16_needs_cuda(cli, tmp_path):
 
 def test_global_batch_must_divide_over_the_processes():
     from genlab.data import build_dataset
-    from genlab.errors import GenlabError
     from genlab.distributed import DistInfo
+    from genlab.errors import GenlabError
     from genlab.train.loop import Progress, Trainer
 
     cfg = load_config("tiny-vae")

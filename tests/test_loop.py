@@ -6,11 +6,12 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from genlab.resolve import load_config
+from genlab.api import resume as resume_training
+from genlab.api import train as start_training
 from genlab.methods import METHODS
 from genlab.methods.base import Method
+from genlab.resolve import load_config
 from genlab.train.checkpoint import load_checkpoint
-from genlab.api import resume as resume_training, train as start_training
 
 CPU = torch.device("cpu")
 
@@ -115,12 +116,9 @@ class ScriptedMethod(Method):
 
     def __init__(self, cfg, image_shape, device):
         super().__init__(cfg, image_shape, device)
-        self.net = torch.nn.Linear(1, 1)
+        self.nets.net = torch.nn.Linear(1, 1)
         self.opt = torch.optim.SGD(self.net.parameters(), lr=0.0)
         self.calls = 0
-
-    def networks(self):
-        return {"net": self.net}
 
     def optimizers(self):
         return {"sgd": self.opt}

@@ -8,16 +8,16 @@ import socket
 import numpy as np
 import pytest
 import torch
-
 from conftest import only_run
+
 from genlab.config import DataConfig
-from genlab.resolve import load_config
 from genlab.data import load_dataset, to_model_range, to_uint8
 from genlab.errors import GenlabError
 from genlab.metrics import evaluate as evaluate_module
 from genlab.metrics import fidelity, image, swd
 from genlab.metrics.evaluate import EvalSettings, Evaluator, parse_metrics
 from genlab.metrics.features import EXTRACTORS, POOL, extract
+from genlab.resolve import load_config
 
 CPU = torch.device("cpu")
 
@@ -211,14 +211,11 @@ def test_every_number_carries_its_protocol(digits):
 
 def test_bits_per_dim_of_an_exact_uniform_model_is_eight(digits):
     """A model with an exact likelihood (as a flow would have): uniform on [-1, 1]^D -> 8 bits."""
+    from genlab.methods.abilities import Likelihood
     from genlab.methods.base import Method
 
-    class Uniform(Method):
+    class Uniform(Method, Likelihood):
         name = "uniform"
-        has_likelihood = True
-
-        def networks(self):
-            return {}
 
         def log_likelihood(self, x):
             assert x.min() >= -1 and x.max() < 1 and not torch.equal(x, x.round())  # dequantised, in the model's range
@@ -285,8 +282,9 @@ def test_metric_names():
 
 
 def test_evaluation_during_training_drives_best_checkpoint_and_keeps_resume_exact(tmp_path):
+    from genlab.api import resume as resume_training
+    from genlab.api import train as start_training
     from genlab.train.checkpoint import load_checkpoint
-    from genlab.api import resume as resume_training, train as start_training
 
     over = ["eval.every=1", "eval.metrics=[swd, bpd]", "eval.n=48", "train.monitor=swd", "train.epochs=3"]
     straight = start_training(load_config("tiny-vae", over), tmp_path, CPU, quiet=True)

@@ -113,6 +113,11 @@ def parameters_agree(networks: dict, info: DistInfo) -> bool:
     return len(set(digests)) == 1
 
 
+def unwrap(net: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DistributedDataParallel wrapper (checkpoints hold the plain module)."""
+    return net.module if isinstance(net, DistributedDataParallel) else net
+
+
 def wrap_ddp(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """DDP around one network. Buffers are not broadcast at every forward, so rank 0 can sample,
     validate and evaluate alone without a collective that the other ranks would never join."""

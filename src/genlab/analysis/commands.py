@@ -19,6 +19,7 @@ from genlab.data import build_dataset
 from genlab.errors import GenlabError
 from genlab.io import atomic_write
 from genlab.methods import build_method
+from genlab.methods.abilities import Encoder, Reconstructs
 from genlab.resolve import load_config
 from genlab.train.checkpoint import load_model
 from genlab.train.rundir import image_grid, pair_grid, require_run_dir, save_grid
@@ -103,7 +104,7 @@ def traversal(run: Path, device: torch.device, dims: int = 10, image: int = 0, s
               span: float = 3.0, steps: int = 9, n_kl: int = 1000, checkpoint: str = "last") -> tuple[Path, dict]:
     run = require_run_dir(run)
     method, cfg, _ = load_run(run, device, checkpoint)
-    if not method.has_encoder or method.latent_kind != "flat":
+    if not isinstance(method, Encoder) or method.latent_kind != "flat":
         raise GenlabError(f"latent traversal needs an encoder family with a flat latent (vae); {cfg.method!r} has none")
     real, split = _real_images(cfg, split)
     if image >= len(real):
@@ -119,7 +120,7 @@ def reconstructions(run: Path, device: torch.device, n: int = 16, split: str = "
                     checkpoint: str = "last", raw_weights: bool = False, out: Path | None = None):
     """Held-out images over their reconstructions with per-image MSE, PSNR, SSIM in [0, 1] units."""
     method, cfg, _ = load_run(run, device, checkpoint, raw_weights)
-    if not method.has_encoder:
+    if not isinstance(method, Reconstructs):
         raise GenlabError(f"{run} is a {cfg.method!r} model, which has no encoder; reconstruct needs one (e.g. vae)")
     data = build_dataset(cfg.data)
     originals, index = pick_images(data, split, n, seed)

@@ -15,6 +15,7 @@ import torch
 
 from genlab.data.convert import to_model_range, to_uint8
 from genlab.errors import GenlabError
+from genlab.methods.abilities import Encoder, PosteriorEncoder
 from genlab.samplers import SeededNoise
 
 
@@ -61,7 +62,7 @@ def interpolate(method, start: torch.Tensor, end: torch.Tensor, steps: int, sphe
 @torch.inference_mode()
 def encode_images(method, images: torch.Tensor) -> torch.Tensor:
     """Deterministic codes of uint8 images (a VAE's posterior means)."""
-    if not hasattr(method, "encode_latent"):
+    if not isinstance(method, Encoder):
         raise GenlabError(f"method {method.name!r} has no encoder with a latent code; interpolate between seeds instead")
     with method.evaluating():
         return method.encode_latent(to_model_range(images.to(method.device))).float()
@@ -83,7 +84,7 @@ def variations(method, seed: int, n: int, scale: float, noise_seed: int = 1_000_
 @torch.inference_mode()
 def dimension_kl(method, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Mean over ``images`` of each latent dimension's KL(q(z_j|x) || N(0, 1)) = 0.5 (mu^2 + s^2 - 1 - log s^2)."""
-    if not hasattr(method, "encode"):
+    if not isinstance(method, PosteriorEncoder):
         raise GenlabError(f"method {method.name!r} has no posterior q(z|x) to rank latent dimensions by KL; "
                           "latent traversal needs an encoder family with one (vae)")
     total = None

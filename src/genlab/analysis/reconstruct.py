@@ -7,6 +7,7 @@ import torch
 
 from genlab.data.cache import ImageSplits
 from genlab.errors import GenlabError
+from genlab.methods.abilities import Reconstructs
 from genlab.metrics.evaluate import reconstruct_images
 from genlab.metrics.image import reconstruction_metrics
 
@@ -29,7 +30,7 @@ def pick_images(data: ImageSplits, split: str, n: int, seed: int | None = None) 
 
 def reconstruct_with_metrics(method, originals: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, dict]:
     """uint8 reconstructions of uint8 ``originals`` and their per-image metrics (tensors of length n)."""
-    if not method.has_encoder:
+    if not isinstance(method, Reconstructs):
         raise GenlabError(f"method {method.name!r} has no encoder; reconstruct needs one (e.g. vae)")
     recon = reconstruct_images(method, originals, device)
     return recon, reconstruction_metrics(originals, recon)

@@ -63,14 +63,11 @@ class DetectorMethod(Method):
 
     def __init__(self, cfg: DetectorConfig, image_shape: tuple[int, int, int], device: torch.device):
         super().__init__(cfg, image_shape, device)
-        self.classifier = DETECTOR_ARCHS.get(cfg.arch)(image_shape, cfg.width).to(device)
+        self.nets.classifier = DETECTOR_ARCHS.get(cfg.arch)(image_shape, cfg.width).to(device)
         self.opt = make_optimizer(cfg.optim, self.classifier.parameters(), device)
         self._schedulers = decay_schedulers(classifier=(cfg.optim, self.opt))
         self.train_fakes: torch.Tensor | None = None  # uint8 pools, drawn when first needed
         self.val_fakes: torch.Tensor | None = None
-
-    def networks(self):
-        return {"classifier": self.classifier}
 
     def optimizers(self):
         return {"classifier": self.opt}

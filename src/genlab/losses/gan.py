@@ -19,10 +19,23 @@ import torch.nn.functional as F
 from genlab.registry import Registry
 
 
+def d_logistic_real(real_logits: torch.Tensor, target=1.0) -> torch.Tensor:
+    """The real images' term of Goodfellow et al. (2014), eq. 1: -log D(x), as the binary
+    cross-entropy BCE(t, y) = softplus(t) - y t with target y (1; 0.9 is one-sided label smoothing,
+    Salimans et al. 2016, section 3.4)."""
+    real_logits = real_logits.float()
+    return F.softplus(real_logits) - target * real_logits
+
+
+def d_logistic_fake(fake_logits: torch.Tensor, target=0.0) -> torch.Tensor:
+    """The generated images' term of Goodfellow et al. (2014), eq. 1: -log(1 - D(G(z))), as BCE with target y (0)."""
+    fake_logits = fake_logits.float()
+    return F.softplus(fake_logits) - target * fake_logits
+
+
 def d_logistic_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, real_target=1.0, fake_target=0.0) -> torch.Tensor:
-    """Discriminator side of Goodfellow et al. (2014), eq. 1: -log D(x) - log(1 - D(G(z))), as the
-    binary cross-entropy BCE(t, y) = softplus(t) - y t with targets y (1 and 0; a real target of 0.9
-    is one-sided label smoothing, Salimans et al. 2016, section 3.4)."""
+    """Discriminator side of Goodfellow et al. (2014), eq. 1: -log D(x) - log(1 - D(G(z))), the sum of
+    the two terms above (written out, in the order they were summed before the split)."""
     real_logits, fake_logits = real_logits.float(), fake_logits.float()
     return F.softplus(real_logits) - real_target * real_logits + F.softplus(fake_logits) - fake_target * fake_logits
 
@@ -73,6 +86,27 @@ def r1_penalty(gradients: torch.Tensor) -> torch.Tensor:
     """R1 (Mescheder et al. 2018, eq. 9) per sample: ||grad_x D(x)||^2 on real images; the method
     weights it by gamma / 2."""
     return gradients.flatten(1).square().sum(1)
+
+
+def add_penalties(loss: torch.Tensor, gradients: Callable, critic: Callable, real: torch.Tensor, fake: torch.Tensor,
+                  mix: torch.Tensor | None = None, gp_weight: float = 0.0, real_out: torch.Tensor | None = None,
+                  r1_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """A discriminator's batch loss plus its gradient penalties, and each penalty's batch mean:
+    WGAN-GP's (weight ``gp_weight``) on the interpolates mix * real + (1 - mix) * fake when ``mix`` is
+    given, and R1 (weight ``r1_weight``) on the real inputs, whose outputs ``real_out`` = critic(real)
+    were computed with ``real`` requiring a gradient. ``gradients(outputs, inputs)`` takes the
+    gradients (the step helper's, correct under the fp16 scaler); ``critic(inputs)`` is D's output."""
+    stats = {}
+    if mix is not None:  # WGAN-GP: the critic's gradient norm pulled to 1 on random interpolates
+        between = (mix * real.detach() + (1 - mix) * fake.detach()).requires_grad_(True)
+        (grad,) = gradients(critic(between), between)
+        stats["gp"] = gradient_penalty(grad).mean()
+        loss = loss + gp_weight * stats["gp"]
+    if r1_weight:  # R1: the gradient on reals pulled to 0
+        (grad,) = gradients(real_out, real)
+        stats["r1"] = r1_penalty(grad).mean()
+        loss = loss + r1_weight * stats["r1"]
+    return loss, stats
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,11 @@
 """What every model family ("method") provides to the one training loop, and what it declares.
 
-A method owns its networks, optimizers and schedules. The loop knows none of them: it hands the
-method batches in [-1, 1] on the right device and reads back a dict of scalar tensors. What a
-family can do is declared on its class (``has_encoder``, ``has_likelihood``,
-``has_validation_loss``, ``latent_kind``, ``samplers``, ``ema_targets``) and checked when a config
-is resolved, so asking a family for what it cannot do is refused before training starts.
+A method owns its networks (in ``self.nets``), optimizers and schedules. The loop knows none of
+them: it hands the method batches in [-1, 1] on the right device, reads back a dict of scalar
+tensors, and calls one hook at every epoch's end. What a family can do is stated on its class: the
+abilities it subclasses (:mod:`genlab.methods.abilities`: an encoder, a likelihood) and its
+declarations (``has_validation_loss``, ``latent_kind``, ``samplers``, ``ema_targets``), checked
+when a config is resolved, so asking a family for what it cannot do is refused before training.
 
 This module imports nothing from ``genlab.train``.
 """
@@ -18,16 +19,22 @@ import torch
 import torch.nn as nn
 
 from genlab.data.convert import to_model_range, to_uint8
+from genlab.distributed import unwrap
 from genlab.errors import GenlabError
+from genlab.methods.abilities import Reconstructs
 from genlab.methods.step import Stepper
 from genlab.samplers import SAMPLERS, SamplerOptions, SeededNoise, default_options
 
 LATENT_KINDS = ("flat", "image", "none")
+# what asking a family for an ability it lacks says (genlab.methods.abilities)
+ABILITY_METHODS = {"reconstruct": "has no encoder, so it cannot reconstruct",
+                   "encode_latent": "has no encoder with a latent code",
+                   "encode": "has no posterior q(z|x) to encode with",
+                   "log_likelihood": "has no likelihood, so bits per dimension are undefined for it"}
 
 
-def unwrap(net: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel wrapper (checkpoints hold the plain module)."""
-    return net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
+class MissingAbility(GenlabError, AttributeError):
+    """An ability's method called on a family without it: one clear error, and hasattr() is False."""
 
 
 class Method:
@@ -35,8 +42,6 @@ class Method:
     config_class: ClassVar[type]
 
     # -- declared abilities (checked when a config is resolved) ----------------------------------
-    has_encoder: ClassVar[bool] = False  # reconstruct(x): `genlab reconstruct`, the recon metric
-    has_likelihood: ClassVar[bool] = False  # log_likelihood(x): bits per dimension
     has_validation_loss: ClassVar[bool] = False  # validation_step(...)["loss"]: early stopping on val_loss, best.pt
     has_validation_step: ClassVar[bool] = False  # validation_step gives held-out losses to log (implied by the above)
     latent_kind: ClassVar[str] = "flat"  # what generate(z) takes: flat (N, D) | image (N, C, H, W) | none
@@ -63,6 +68,9 @@ class Method:
         call it only when the section lacks what it needs, so a resumed run needs no base run."""
 
     def __init__(self, cfg: Any, image_shape: tuple[int, int, int], device: torch.device):
+        # The family's networks, by name: the one place the loop, checkpoints, the EMA and DDP find
+        # them (a family adds its own: self.nets.decoder = ...; read back as self.decoder)
+        self.nets = nn.ModuleDict()
         self.cfg = cfg
         self.image_shape = tuple(image_shape)
         self.device = device
@@ -73,10 +81,26 @@ class Method:
         self.adversary = None
         self.sampling: SamplerOptions | None = default_options(self.samplers[0]) if self.samplers else None
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, nn.Module) and name != "nets":
+            raise TypeError(f"{type(self).__name__}.{name} = <{type(value).__name__}>: a family's networks live in "
+                            f"self.nets (self.nets.{name} = ...), where checkpoints, the EMA and DDP find them")
+        super().__setattr__(name, value)
+
+    def __getattr__(self, name: str):
+        """A network by name (self.decoder is self.nets.decoder): called only when nothing else has the
+        name. An ability's method the family lacks is a MissingAbility (a GenlabError naming it)."""
+        nets = self.__dict__.get("nets")
+        if nets is not None and name in nets._modules:
+            return nets._modules[name]
+        if name in ABILITY_METHODS:
+            raise MissingAbility(f"method {getattr(self, 'name', type(self).__name__)!r} {ABILITY_METHODS[name]}")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     # -- what a family defines ------------------------------------------------------------------
     def networks(self) -> dict[str, nn.Module]:
-        """Named networks, each also an attribute of that name (DDP wrapping and EMA swap them)."""
-        raise NotImplementedError
+        """The family's networks by name: ``self.nets`` (DDP wrappers and swapped-in EMA weights included)."""
+        return dict(self.nets.items())
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         raise NotImplementedError
@@ -103,25 +127,10 @@ class Method:
         """Latents (on the device) -> images in [-1, 1], deterministically (latent_kind flat or image)."""
         raise GenlabError(f"method {self.name!r} has no deterministic map from latents to images")
 
-    def log_likelihood(self, x: torch.Tensor) -> tuple[torch.Tensor, str]:
-        """Per-image log-density (nats) of continuous (dequantised) images ``x`` in [-1, 1], and how
-        it was obtained ("exact", or the bound used). Options such as a bound's sample count are in
-        the family's config (has_likelihood)."""
-        raise GenlabError(f"method {self.name!r} has no likelihood, so bits per dimension are undefined for it")
-
-    def fit_likelihood(self, train_images: torch.Tensor) -> None:
-        """Called once before log_likelihood with training images in [-1, 1], for a family whose
-        likelihood needs statistics of the training data (a VAE's decoder scale); never the
-        evaluated images."""
-
     def fit_prior(self, train_images: torch.Tensor) -> None:
         """Called by :meth:`end_epoch` with the uint8 training images: a family that samples from a
         density fitted to the training data refits it here (the autoencoder's Gaussian over codes),
         identically on every process. The default does nothing."""
-
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] -> reconstructions in [-1, 1] (has_encoder)."""
-        raise GenlabError(f"method {self.name!r} has no encoder, so it cannot reconstruct")
 
     def prepare(self, train_images: torch.Tensor) -> None:
         """Called once when a run starts (not on resume), on every process with the same uint8
@@ -201,15 +210,18 @@ class Method:
         if not self.samplers:  # a family that makes no images (a detector) has no grids
             return {}
         images: dict = {"samples": self.sample(n, seed)}
-        if self.has_encoder:
+        if isinstance(self, Reconstructs):
             with autocast():
                 recon = self.reconstruct(to_model_range(held_out.to(self.device)))
             images["reconstructions"] = (held_out, to_uint8(recon).cpu())
         return images
 
     def train(self) -> None:
+        """Training mode for every network that trains: one without trainable parameters (a frozen
+        first stage) stays in eval mode, BatchNorm statistics included."""
         for net in self.networks().values():
-            net.train()
+            if any(p.requires_grad for p in net.parameters()):
+                net.train()
 
     def eval(self) -> None:
         for net in self.networks().values():
@@ -229,16 +241,16 @@ class Method:
 
     @contextlib.contextmanager
     def swapped(self, replacements: dict[str, nn.Module]):
-        """The given networks in place of the family's own for the duration (EMA weights for
-        sampling), by the attribute names networks() uses."""
-        own = {name: getattr(self, name) for name in replacements}
+        """The given networks in place of the family's own in ``self.nets`` for the duration (the
+        EMA's averages for sampling and evaluation)."""
+        own = {name: self.nets[name] for name in replacements}
         for name, net in replacements.items():
-            setattr(self, name, net)
+            self.nets[name] = net
         try:
             yield
         finally:
             for name, net in own.items():
-                setattr(self, name, net)
+                self.nets[name] = net
 
     def sample_batch(self, seeds, options: SamplerOptions | None = None) -> torch.Tensor:
         """Images in [-1, 1] for ``seeds`` (one image per seed), through the configured sampler."""
@@ -260,10 +272,10 @@ class Method:
         return {k: sum(p.numel() for p in net.parameters()) for k, net in self.networks().items()}
 
     def distribute(self, wrap) -> None:
-        """Replace every network by ``wrap(network)`` (DistributedDataParallel). Families name their
-        networks as attributes with the keys networks() uses, so this needs nothing from them."""
-        for name, net in self.networks().items():
-            setattr(self, name, wrap(net))
+        """Replace every network in ``self.nets`` by ``wrap(network)`` (DistributedDataParallel, which
+        leaves a network without trainable parameters as it is)."""
+        for name, net in list(self.nets.items()):
+            self.nets[name] = wrap(net)
 
     def state_dict(self) -> dict[str, Any]:
         return {

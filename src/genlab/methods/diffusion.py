@@ -9,26 +9,32 @@ likelihood is its variational bound (eq. 5) with the discretised decoder (eq. 13
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from genlab.config import OptimConfig, build_dataclass, check_choice, check_positive
-from genlab.data.convert import to_model_range
+from genlab.config import OptimConfig, check_choice, check_positive
+from genlab.distributed import unwrap
 from genlab.errors import GenlabError
 from genlab.losses.diffusion import PREDICTIONS, SCHEDULES, VARIANCES, GaussianDiffusion
 from genlab.methods import METHODS
-from genlab.methods.base import Method, unwrap
+from genlab.methods.abilities import Likelihood
+from genlab.methods.base import Method
+from genlab.methods.first_stage import (
+    FIRST_STAGE_NETWORKS,
+    attach_first_stage,
+    check_first_stage,
+    latent_scale_of,
+    record_first_stage,
+)
 from genlab.methods.step import make_optimizer, make_scheduler
 from genlab.models.unet import MLPDenoiser, UNet
-from genlab.samplers.diffusion import DDIMOptions, check_steps, ddim_loop
+from genlab.samplers.diffusion import DDIMOptions, DiffusionChain, check_steps, ddim_loop
 
 NEEDS_BASE_RUN = ("method latent-ddpm diffuses in the latent space of a trained run: set init.from_run=RUN_DIR "
                   "(a VAE or autoencoder run on the same images)")
-LATENT_STATISTICS_IMAGES = 1024  # training images whose latents set the latent scale (Rombach et al. 2022)
 
 
 def _diffusion_optim() -> OptimConfig:
@@ -72,8 +78,8 @@ def _check_sampler_steps(cfg) -> None:
         check_steps(cfg.sampler, cfg.model.timesteps)
 
 
-class _DiffusionBase(Method):
-    """What pixel and latent diffusion share: the process, the step, sampling's hooks, the EMA."""
+class _DiffusionBase(Method, DiffusionChain):
+    """What pixel and latent diffusion share: the process, the step, sampling's chain, the EMA."""
 
     has_validation_loss = True
     samplers = ("ddim", "ddpm")
@@ -82,7 +88,7 @@ class _DiffusionBase(Method):
 
     def _setup(self, cfg, denoiser: torch.nn.Module, device) -> None:
         self.process = GaussianDiffusion(cfg.schedule, cfg.timesteps, cfg.prediction, cfg.variance, device)
-        self.denoiser = denoiser.to(device)
+        self.nets.denoiser = denoiser.to(device)
         self.opt = make_optimizer(cfg.optim, self.denoiser.parameters(), device)
         self.sched = make_scheduler(cfg.optim, self.opt)
 
@@ -133,10 +139,9 @@ class _DiffusionBase(Method):
 
 
 @METHODS.register("ddpm", aliases=("diffusion",))
-class DDPMMethod(_DiffusionBase):
+class DDPMMethod(_DiffusionBase, Likelihood):
     name = "ddpm"
     config_class = DiffusionConfig
-    has_likelihood = True
     evaluation_keys = ("bound_timesteps",)
     latent_kind = "image"
 
@@ -153,9 +158,6 @@ class DDPMMethod(_DiffusionBase):
         channels, size, _ = image_shape
         self._setup(cfg, UNet(channels, size, cfg.width, tuple(cfg.mults), cfg.blocks, tuple(cfg.attention),
                               cfg.dropout), device)
-
-    def networks(self):
-        return {"denoiser": self.denoiser}
 
     def latent_shape(self):
         return self.image_shape
@@ -219,7 +221,7 @@ class LatentDiffusionMethod(_DiffusionBase):
     name = "latent-ddpm"
     config_class = LatentDiffusionConfig
     latent_kind = "flat"
-    init_networks = {"first_encoder": "encoder", "first_decoder": "decoder"}
+    init_networks = FIRST_STAGE_NETWORKS
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -240,23 +242,13 @@ class LatentDiffusionMethod(_DiffusionBase):
 
     def __init__(self, cfg: LatentDiffusionConfig, image_shape, device):
         super().__init__(cfg, image_shape, device)
-        self.first_stage = build_first_stage(cfg.first_stage, image_shape, device, NEEDS_BASE_RUN)
+        self.first_stage = attach_first_stage(self, cfg.first_stage, NEEDS_BASE_RUN)
         (self.latent_dim,) = self.first_stage.latent_shape()
         self._setup(cfg, MLPDenoiser(self.latent_dim, cfg.width, cfg.blocks, cfg.dropout), device)
         # 1 / std of the training latents (Rombach et al. 2022, section 4.3.2 and appendix G); a buffer
         # of the denoiser, so checkpoints, inference snapshots and the EMA carry it
         self.denoiser.register_buffer("latent_scale", torch.ones((), device=device))
         self.clip_denoised = cfg.clip_latents
-
-    def networks(self):
-        first = self.first_stage.networks()
-        return {"denoiser": self.denoiser, **{f"first_{k}": v for k, v in first.items()}}
-
-    def distribute(self, wrap) -> None:
-        self.denoiser = wrap(self.denoiser)  # the frozen first stage has nothing to synchronise
-
-    def train(self) -> None:
-        self.denoiser.train()  # the first stage stays in eval mode: frozen, BatchNorm statistics included
 
     def latent_shape(self):
         return (self.latent_dim,)
@@ -275,55 +267,3 @@ class LatentDiffusionMethod(_DiffusionBase):
     def prepare(self, train_images: torch.Tensor) -> None:
         """Scale the latents to unit variance, from the first training images' latents."""
         unwrap(self.denoiser).latent_scale.fill_(latent_scale_of(self.first_stage, train_images, self.device))
-
-
-# -- a frozen first stage (a VAE or autoencoder run), shared by the latent families --------------------
-def check_first_stage(cfg, family: str) -> None:
-    """The recorded first stage (model.first_stage) is an encoder family with a flat latent, trained
-    on images of this run's size and channels; nothing to check while a preset names no run yet
-    (refused when the model is built, before anything is written)."""
-    fs = cfg.model.first_stage
-    if not fs:
-        return
-    base_cls = METHODS.get(fs.get("method", ""))
-    if not base_cls.has_encoder or base_cls.latent_kind != "flat" or not hasattr(base_cls, "encode_latent"):
-        raise GenlabError(f"init.from_run: its method {base_cls.name!r} has no encoder with a flat latent; "
-                          f"{family} needs a VAE or autoencoder run")
-    size, channels = fs.get("size"), fs.get("channels")
-    if (size, channels) != (cfg.data.size, cfg.data.channels):
-        raise GenlabError(f"init.from_run: the first stage was trained on {size}x{size} images with {channels} "
-                          f"channels, but data gives {cfg.data.size}x{cfg.data.size} with {cfg.data.channels}")
-
-
-def record_first_stage(model_cfg, base_config) -> None:
-    """Record the init.from_run run's family and model section, so the run rebuilds without it."""
-    if model_cfg.first_stage:
-        return
-    base_cfg = base_config()
-    model_cfg.first_stage = {"method": base_cfg.method, "model": _as_dict(base_cfg.model),
-                             "size": base_cfg.data.size, "channels": base_cfg.data.channels}
-
-
-def build_first_stage(fs: dict, image_shape, device, missing: str):
-    """The recorded first stage's model, frozen and in eval mode (its weights come from
-    init.from_run's copy, or from this run's checkpoints)."""
-    if not fs:
-        raise GenlabError(missing)
-    base_cls = METHODS.get(fs["method"])
-    base_model = build_dataclass(base_cls.config_class, fs["model"], "model.first_stage.model.")
-    first_stage = base_cls(base_model, image_shape, device)
-    for net in first_stage.networks().values():
-        net.requires_grad_(False).eval()
-    return first_stage
-
-
-@torch.no_grad()
-def latent_scale_of(first_stage, train_images: torch.Tensor, device) -> float:
-    """1 / std of the first stage's codes of the first training images (Rombach et al. 2022, 4.3.2)."""
-    x = to_model_range(train_images[:LATENT_STATISTICS_IMAGES].to(device))
-    z = torch.cat([first_stage.encode_latent(x[i : i + 256]).float() for i in range(0, len(x), 256)])
-    return 1.0 / z.std().clamp(min=1e-6).item()
-
-
-def _as_dict(obj) -> dict:
-    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(obj)

@@ -17,6 +17,7 @@ from genlab.config import OptimConfig, check_positive
 from genlab.data.convert import LEVELS, bits_per_dim, dequantize, to_model_range
 from genlab.errors import GenlabError
 from genlab.methods import METHODS
+from genlab.methods.abilities import Likelihood, Reconstructs
 from genlab.methods.base import Method
 from genlab.methods.step import make_optimizer, make_scheduler
 from genlab.models.flow import RealNVP, logit_postprocess, logit_preprocess
@@ -40,11 +41,10 @@ class RealNVPConfig:
 
 
 @METHODS.register("realnvp")
-class RealNVPMethod(Method):
+class RealNVPMethod(Method, Reconstructs, Likelihood):
     name = "realnvp"
     config_class = RealNVPConfig
-    has_encoder = True  # reconstruct(x) = f^-1(f(x)): exact inversion, not a learned encoder-decoder pair
-    has_likelihood = True
+    # Reconstructs: reconstruct(x) = f^-1(f(x)), exact inversion, not a learned encoder-decoder pair
     has_validation_loss = True
     latent_kind = "image"
     samplers = ("latent",)  # z ~ N(0, T^2 I) through the inverse flow; T is sampler.temperature
@@ -60,13 +60,10 @@ class RealNVPMethod(Method):
 
     def __init__(self, cfg: RealNVPConfig, image_shape, device):
         super().__init__(cfg, image_shape, device)
-        self.flow = RealNVP(image_shape[0], cfg.scales, cfg.width, cfg.blocks).to(device)
+        self.nets.flow = RealNVP(image_shape[0], cfg.scales, cfg.width, cfg.blocks).to(device)
         self.opt = make_optimizer(cfg.optim, self.flow.parameters(), device)
         self.sched = make_scheduler(cfg.optim, self.opt)
         self.dims = math.prod(image_shape)
-
-    def networks(self):
-        return {"flow": self.flow}
 
     def optimizers(self):
         return {"flow": self.opt}

@@ -15,10 +15,11 @@ import torch
 
 from genlab.config import OptimConfig, check_choice, check_positive
 from genlab.data.augment import diff_augment, parse_policy
+from genlab.distributed import unwrap
 from genlab.errors import GenlabError
-from genlab.losses.gan import GAN_LOSSES, gradient_penalty, r1_penalty
+from genlab.losses.gan import GAN_LOSSES, add_penalties
 from genlab.methods import METHODS
-from genlab.methods.base import Method, unwrap
+from genlab.methods.base import Method
 from genlab.methods.step import decay_schedulers, frozen, make_optimizer
 from genlab.models import GAN_ARCHS
 
@@ -103,7 +104,7 @@ class GANMethod(Method):
     def __init__(self, cfg: GANConfig, image_shape: tuple[int, int, int], device: torch.device):
         super().__init__(cfg, image_shape, device)
         generator, discriminator = GAN_ARCHS.get(cfg.arch)(cfg, image_shape)
-        self.generator, self.discriminator = generator.to(device), discriminator.to(device)
+        self.nets.generator, self.nets.discriminator = generator.to(device), discriminator.to(device)
         self.opt_g = make_optimizer(cfg.g_optim, self.generator.parameters(), device)
         self.opt_d = make_optimizer(cfg.d_optim, self.discriminator.parameters(), device)
         self._schedulers = decay_schedulers(generator=(cfg.g_optim, self.opt_g), discriminator=(cfg.d_optim, self.opt_d))
@@ -111,9 +112,6 @@ class GANMethod(Method):
         self.policy = parse_policy(cfg.diffaugment)
         # What D's outputs are called in the logs: probabilities only where they are (Goodfellow's BCE).
         self.score_names = ("d_real", "d_fake") if self.objective.probabilities else ("score_real", "score_fake")
-
-    def networks(self):
-        return {"generator": self.generator, "discriminator": self.discriminator}
 
     def optimizers(self):
         return {"generator": self.opt_g, "discriminator": self.opt_d}
@@ -198,16 +196,11 @@ class GANMethod(Method):
                 real = real.detach().requires_grad_(True)
             real_out, fake_out = self.discriminate(real), self.discriminate(fake)
             adversarial = self.objective.d_loss(real_out, fake_out, real_target[i], fake_target[i]).mean()
-            out = {"loss": adversarial, "adversarial": adversarial}
-            if mix is not None:  # WGAN-GP: the critic's gradient norm pulled to 1 on random interpolates
-                between = (mix[i] * real.detach() + (1 - mix[i]) * fake).requires_grad_(True)
-                (grad,) = self.stepper.gradients(self.discriminate(between), between)
-                out["gp"] = gradient_penalty(grad).mean()
-                out["loss"] = out["loss"] + cfg.gp_weight * out["gp"]
-            if r1_due:  # R1: the gradient on reals pulled to 0; lazy every k steps, so weighted by k
-                (grad,) = self.stepper.gradients(real_out, real)
-                out["r1"] = r1_penalty(grad).mean()
-                out["loss"] = out["loss"] + 0.5 * cfg.r1_gamma * cfg.r1_every * out["r1"]
+            # R1 is lazy, every k steps, so weighted by k (Karras et al. 2020)
+            loss, out = add_penalties(adversarial, self.stepper.gradients, self.discriminate, real, fake,
+                                      None if mix is None else mix[i], cfg.gp_weight, real_out,
+                                      0.5 * cfg.r1_gamma * cfg.r1_every if r1_due else 0.0)
+            out.update({"loss": loss, "adversarial": adversarial})
             real_score, fake_score = real_out.detach().float(), fake_out.detach().float()
             if self.objective.probabilities:  # D's mean belief that reals (fakes) are real
                 real_score, fake_score = torch.sigmoid(real_score), torch.sigmoid(fake_score)

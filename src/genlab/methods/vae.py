@@ -12,21 +12,14 @@ from genlab.config import OptimConfig, check_choice, check_positive
 from genlab.errors import GenlabError
 from genlab.losses.vae import RECONSTRUCTION_LOSSES, kl_divergence
 from genlab.methods import METHODS
-from genlab.methods.autoencoder import PosteriorPrior, add_prior_buffers, check_prior_components, from_prior
-from genlab.methods.base import Method
+from genlab.methods.abilities import Likelihood
+from genlab.methods.encoder_decoder import PosteriorConfig, PosteriorMethod
 from genlab.methods.step import make_optimizer, make_scheduler
-from genlab.models.blocks import widths_for
-from genlab.models.vae import ConvDecoder, ConvEncoder
 
 
 @dataclass
-class VAEConfig:
-    latent_dim: int = 128  # size of z (10 to 2048 are sensible)
-    widths: list[int] = field(default_factory=list)  # channels per resolution step; [] = 32, 64, ... (cap 512)
-    base_width: int = 32  # first width when `widths` is empty
-    activation: str = "leaky_relu"  # relu | leaky_relu (slope 0.2)
+class VAEConfig(PosteriorConfig):
     dropout: float = 0.0  # dropout after every hidden block of encoder and decoder
-    res_blocks: int = 0  # residual blocks after each up-sampling step of the decoder (0 = seed 002's plain decoder)
     recon_loss: str = "mse"  # mse (decoder output through tanh) | bce (through sigmoid)
     kl_weight: float = 1.0  # weight of the KL term; see genlab.losses.vae for the reduction convention
     decoder_variance: str = "fixed"  # fixed (MSE/BCE + kl_weight * KL) | optimal: sigma-VAE (Rybkin et al. 2021), the
@@ -34,12 +27,6 @@ class VAEConfig:
     #                                  dimension at kl_weight 1: no hand-set balance)
     kl_cycle_steps: int = 0  # cyclical KL annealing (Fu et al. 2019): cycle length in steps; 0 = off
     kl_cycle_ratio: float = 0.5  # share of each cycle over which the KL weight rises linearly from 0
-    prior: str = "standard"  # what samples are drawn from: standard (N(0, I), the VAE's prior) | fitted: a full-
-    #                          covariance Gaussian fitted to the posterior means after every epoch (ex-post density
-    #                          estimation, Ghosh et al. 2020), so samples come from where the codes are
-    prior_images: int = 10_000  # prior fitted: training images whose posterior means it is fitted to
-    prior_components: int = 1  # prior fitted: 1 Gaussian, or a mixture of K full-covariance Gaussians (Ghosh et al. use 10)
-    logvar_limit: float = 10.0  # |log-variance| of q(z|x) is bounded smoothly by this (0 = unbounded)
     iw_samples: int = 64  # k of the importance-weighted bound on log p(x) that bits per dimension report
     optim: OptimConfig = field(default_factory=OptimConfig)  # Adam, lr 1e-3, betas (0.9, 0.999)
 
@@ -49,20 +36,13 @@ class VAEConfig:
         "weight_decay": ("optim.weight_decay",), "lr_gamma": ("optim.lr_gamma",), "grad_clip": ("optim.grad_clip",)}
 
     def validate(self, prefix: str = "model.") -> None:
-        check_positive(f"{prefix}latent_dim", self.latent_dim)
-        check_positive(f"{prefix}base_width", self.base_width)
-        check_positive(f"{prefix}logvar_limit", self.logvar_limit, allow_zero=True)
+        self.validate_shared(prefix)
         check_positive(f"{prefix}kl_cycle_steps", self.kl_cycle_steps, allow_zero=True)
         check_positive(f"{prefix}iw_samples", self.iw_samples)
-        check_positive(f"{prefix}res_blocks", self.res_blocks, allow_zero=True)
         if not 0 < self.kl_cycle_ratio <= 1:
             raise GenlabError(f"config key '{prefix}kl_cycle_ratio' must be in (0, 1], got {self.kl_cycle_ratio}")
-        check_choice(f"{prefix}activation", self.activation, ("relu", "leaky_relu"))
         check_choice(f"{prefix}recon_loss", self.recon_loss, tuple(RECONSTRUCTION_LOSSES))
         check_choice(f"{prefix}decoder_variance", self.decoder_variance, ("fixed", "optimal"))
-        check_choice(f"{prefix}prior", self.prior, ("standard", "fitted"))
-        check_positive(f"{prefix}prior_images", self.prior_images)
-        check_prior_components(self, prefix)
         if self.decoder_variance == "optimal" and self.recon_loss != "mse":
             raise GenlabError(f"{prefix}decoder_variance=optimal is a Gaussian decoder's variance; it needs "
                               f"{prefix}recon_loss=mse, got {self.recon_loss}")
@@ -71,56 +51,27 @@ class VAEConfig:
 
 
 @METHODS.register("vae")
-class VAEMethod(PosteriorPrior, Method):
+class VAEMethod(PosteriorMethod, Likelihood):
     name = "vae"
     config_class = VAEConfig
-    has_encoder = True
-    has_likelihood = True
     evaluation_keys = ("iw_samples",)
     has_validation_loss = True
-    ema_targets = ("encoder", "decoder")
     accepts_adversary = True  # decoded prior samples also minimise a frozen detector's loss (`genlab detect loop`)
 
     def __init__(self, cfg: VAEConfig, image_shape: tuple[int, int, int], device: torch.device):
         super().__init__(cfg, image_shape, device)
-        channels, size, _ = image_shape
-        widths = widths_for(size, cfg.widths, cfg.base_width)
-        self.encoder = ConvEncoder(channels, widths, cfg.latent_dim, cfg.activation, cfg.dropout).to(device)
-        self.decoder = ConvDecoder(channels, widths, cfg.latent_dim, cfg.activation, cfg.dropout,
-                                   cfg.res_blocks).to(device)
+        self.build_encoder_decoder(variational=True, dropout=cfg.dropout)
         self.opt = make_optimizer(cfg.optim, [*self.encoder.parameters(), *self.decoder.parameters()], device)
         self.sched = make_scheduler(cfg.optim, self.opt)
         self.recon_loss = RECONSTRUCTION_LOSSES[cfg.recon_loss]
-        if cfg.prior == "fitted":
-            add_prior_buffers(self.decoder, cfg.latent_dim, device, cfg.prior_components)
+        self.sigmoid_output = cfg.recon_loss == "bce"
         self.decoder_sigma: float | None = None  # the Gaussian decoder's scale, fitted by fit_likelihood
-
-    def networks(self):
-        return {"encoder": self.encoder, "decoder": self.decoder}
-
-    def example_inputs(self):
-        return {**super().example_inputs(), "decoder": (torch.zeros(1, self.cfg.latent_dim, device=self.device),)}
 
     def optimizers(self):
         return {"adam": self.opt}  # (the key predates AdamW and RMSprop; kept so old checkpoints load)
 
     def schedulers(self):
         return {"lr": self.sched}
-
-    def latent_shape(self):
-        return (self.cfg.latent_dim,)
-
-    def decode(self, raw: torch.Tensor) -> torch.Tensor:
-        """Decoder output -> image in [-1, 1] with the non-linearity the reconstruction loss implies."""
-        return torch.tanh(raw) if self.cfg.recon_loss == "mse" else torch.sigmoid(raw) * 2 - 1
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and log-variance of q(z|x). The log-variance is bounded smoothly,
-        L * tanh(logvar / L): at a high learning rate an unbounded one can run away (exp overflow,
-        KL in the billions, seen with seed 002's lr 0.005); tanh keeps a gradient everywhere."""
-        mean, logvar = self.encoder(x)
-        limit = self.cfg.logvar_limit
-        return mean, (limit * torch.tanh(logvar / limit) if limit > 0 else logvar)
 
     def kl_beta(self, step: int) -> float:
         """Cyclical annealing (Fu et al. 2019, eq. 6 with a linear f): within each cycle of
@@ -178,11 +129,6 @@ class VAEMethod(PosteriorPrior, Method):
         noise = torch.randn(x.shape[0], self.cfg.latent_dim, generator=generator).to(x.device)
         return self._losses(x, noise)
 
-    def generate(self, z):
-        if self.cfg.prior == "fitted":
-            z = from_prior(self.decoder, z)
-        return self.decode(self.decoder(z)).float()
-
     @torch.inference_mode()
     def fit_likelihood(self, train_images):
         """The Gaussian decoder's single scale sigma, by maximum likelihood on the reconstructions of
@@ -217,9 +163,3 @@ class VAEMethod(PosteriorPrior, Method):
         bound = torch.logsumexp(torch.stack(log_w), dim=0) - math.log(k)
         return bound, (f"importance-weighted bound (Burda et al. 2016), k={k}, Gaussian decoder sigma={sigma:.4f} "
                        f"(in [-1,1] units, ML fit on {self._calibration_count} training images)")
-
-    @torch.inference_mode()
-    def reconstruct(self, x):
-        """Decode the posterior mean: the deterministic reconstruction."""
-        mean, _ = self.encode(x)
-        return self.decode(self.decoder(mean)).float()

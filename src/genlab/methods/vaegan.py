@@ -24,17 +24,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from genlab.config import OptimConfig, check_choice, check_positive
+from genlab.distributed import unwrap
+from genlab.losses.gan import d_logistic_fake, d_logistic_real, g_nonsaturating_loss
 from genlab.losses.vae import kl_divergence
 from genlab.methods import METHODS
-from genlab.methods.autoencoder import PosteriorPrior, add_prior_buffers, check_prior_components, from_prior
-from genlab.methods.base import Method, unwrap
+from genlab.methods.encoder_decoder import PosteriorConfig, PosteriorMethod
 from genlab.methods.step import decay_schedulers, frozen, make_optimizer
 from genlab.models.blocks import widths_for
 from genlab.models.dcgan import DCGANDiscriminator, dcgan_init_
-from genlab.models.vae import ConvDecoder, ConvEncoder
+from genlab.models.latent_prior import from_prior
 
 
 def _optim() -> OptimConfig:
@@ -42,58 +42,39 @@ def _optim() -> OptimConfig:
 
 
 @dataclass
-class VAEGANConfig:
-    latent_dim: int = 128
-    widths: list[int] = field(default_factory=list)  # encoder/decoder channels per step; [] = 32, 64, ... (cap 512)
+class VAEGANConfig(PosteriorConfig):
     d_widths: list[int] = field(default_factory=list)  # discriminator channels; [] = the same as widths
-    base_width: int = 32
-    activation: str = "leaky_relu"
     kl_weight: float = 1.0  # weight of L_prior in the encoder's loss (KL summed over dimensions)
     gamma: float = 1.0  # weight of L_llike against L_GAN in the decoder's loss (the paper's gamma)
     pixel_weight: float = 0.0  # a pixel MSE term beside L_llike, in the encoder's and decoder's losses; 0 = off
     fakes: str = "both"  # what the GAN term sees as fake: both (reconstructions and prior samples) | recon | samples
-    logvar_limit: float = 10.0  # |log-variance| of q(z|x) bounded smoothly (as the VAE)
-    res_blocks: int = 0  # residual blocks after each up-sampling step of the decoder (as the VAE's)
-    prior: str = "standard"  # what samples are drawn from: standard N(0, I) | fitted (as the VAE's); the GAN term's
-    #                          prior samples in training come from the same Gaussian
-    prior_images: int = 10_000  # prior fitted: training images whose posterior means it is fitted to
-    prior_components: int = 1  # prior fitted: 1 Gaussian, or a mixture of K full-covariance Gaussians (Ghosh et al. use 10)
     enc_optim: OptimConfig = field(default_factory=_optim)
     dec_optim: OptimConfig = field(default_factory=_optim)
     d_optim: OptimConfig = field(default_factory=_optim)
 
     def validate(self, prefix: str = "model.") -> None:
-        check_positive(f"{prefix}latent_dim", self.latent_dim)
-        check_positive(f"{prefix}base_width", self.base_width)
-        for key in ("kl_weight", "gamma", "pixel_weight", "logvar_limit"):
+        self.validate_shared(prefix)
+        for key in ("kl_weight", "gamma", "pixel_weight"):
             check_positive(f"{prefix}{key}", getattr(self, key), allow_zero=True)
-        check_choice(f"{prefix}activation", self.activation, ("relu", "leaky_relu"))
         check_choice(f"{prefix}fakes", self.fakes, ("both", "recon", "samples"))
-        check_choice(f"{prefix}prior", self.prior, ("standard", "fitted"))
-        check_positive(f"{prefix}prior_images", self.prior_images)
-        check_prior_components(self, prefix)
-        check_positive(f"{prefix}res_blocks", self.res_blocks, allow_zero=True)
 
 
 @METHODS.register("vaegan", aliases=("vae-gan",))
-class VAEGANMethod(PosteriorPrior, Method):
+class VAEGANMethod(PosteriorMethod):
+    """With ``model.prior=fitted`` the GAN term's prior samples in training come from the fitted
+    density too, so the decoder is trained adversarially where it will be sampled."""
+
     name = "vaegan"
     config_class = VAEGANConfig
-    has_encoder = True
     has_validation_step = True  # reconstruction (pixel and feature), KL and D's loss on held-out images
-    ema_targets = ("encoder", "decoder")
 
     def __init__(self, cfg: VAEGANConfig, image_shape: tuple[int, int, int], device: torch.device):
         super().__init__(cfg, image_shape, device)
+        widths = self.build_encoder_decoder(variational=True)
         channels, size, _ = image_shape
-        widths = widths_for(size, cfg.widths, cfg.base_width)
         d_widths = widths_for(size, cfg.d_widths or widths, cfg.base_width, "model.d_widths")
-        self.encoder = ConvEncoder(channels, widths, cfg.latent_dim, cfg.activation, 0.0).to(device)
-        self.decoder = ConvDecoder(channels, widths, cfg.latent_dim, cfg.activation, 0.0, cfg.res_blocks).to(device)
-        if cfg.prior == "fitted":
-            add_prior_buffers(self.decoder, cfg.latent_dim, device, cfg.prior_components)
         # layer norm in D: its features are compared image by image, so no batch coupling
-        self.discriminator = DCGANDiscriminator(channels, d_widths, norm="layer", size=size).to(device)
+        self.nets.discriminator = DCGANDiscriminator(channels, d_widths, norm="layer", size=size).to(device)
         dcgan_init_(self.discriminator)
         self.opt_enc = make_optimizer(cfg.enc_optim, self.encoder.parameters(), device)
         self.opt_dec = make_optimizer(cfg.dec_optim, self.decoder.parameters(), device)
@@ -101,25 +82,11 @@ class VAEGANMethod(PosteriorPrior, Method):
         self._schedulers = decay_schedulers(encoder=(cfg.enc_optim, self.opt_enc), decoder=(cfg.dec_optim, self.opt_dec),
                                             discriminator=(cfg.d_optim, self.opt_d))
 
-    def networks(self):
-        return {"encoder": self.encoder, "decoder": self.decoder, "discriminator": self.discriminator}
-
     def optimizers(self):
         return {"encoder": self.opt_enc, "decoder": self.opt_dec, "discriminator": self.opt_d}
 
     def schedulers(self):
         return self._schedulers
-
-    def latent_shape(self):
-        return (self.cfg.latent_dim,)
-
-    def example_inputs(self):
-        return {**super().example_inputs(), "decoder": (torch.zeros(1, self.cfg.latent_dim, device=self.device),)}
-
-    def encode(self, x):
-        mean, logvar = self.encoder(x)
-        limit = self.cfg.logvar_limit
-        return mean, (limit * torch.tanh(logvar / limit) if limit > 0 else logvar)
 
     def _parts(self, x, eps, zp, discriminator):
         """Everything the three losses share, on one micro-batch."""
@@ -145,7 +112,7 @@ class VAEGANMethod(PosteriorPrior, Method):
         cfg, n = self.cfg, x.shape[0]
         eps = torch.randn(n, cfg.latent_dim, device=x.device)  # drawn for the whole batch, before any split
         zp = torch.randn(n, cfg.latent_dim, device=x.device)
-        if cfg.prior == "fitted":  # the GAN term trains the decoder on the codes it will be sampled at
+        if self.prior_fitted():  # the GAN term trains the decoder on the codes it will be sampled at
             zp = from_prior(self.decoder, zp).detach()
         plain_d = unwrap(self.discriminator)
 
@@ -158,8 +125,8 @@ class VAEGANMethod(PosteriorPrior, Method):
             outs = [self.discriminator(fakes[k]) for k in (("recon", "prior") if cfg.fakes == "both" else
                                                            ("recon",) if cfg.fakes == "recon" else ("prior",))]
             real = self.discriminator(x)
-            loss = F.binary_cross_entropy_with_logits(real.float(), torch.ones_like(real.float()))
-            loss = loss + sum(F.binary_cross_entropy_with_logits(o.float(), torch.zeros_like(o.float())) for o in outs)
+            # L_GAN on the discriminator's side (Goodfellow et al. 2014, eq. 1): -log D(x) - sum log(1 - D(fake))
+            loss = d_logistic_real(real).mean() + sum(d_logistic_fake(o).mean() for o in outs)
             return {"loss": loss, "d_real": torch.sigmoid(real.detach().float()).mean(),
                     "d_fake": torch.sigmoid(outs[0].detach().float()).mean()}
 
@@ -182,8 +149,7 @@ class VAEGANMethod(PosteriorPrior, Method):
             with frozen(self.encoder, plain_d):
                 p = self._parts(x, eps, zp, plain_d)
             llike, pixel = self._reconstruction(p, x)
-            fooled = sum(F.binary_cross_entropy_with_logits(o.float(), torch.ones_like(o.float()))
-                         for o in self._fake_outputs(p))
+            fooled = sum(g_nonsaturating_loss(o).mean() for o in self._fake_outputs(p))
             return {"loss": cfg.gamma * (llike + cfg.pixel_weight * pixel) + fooled, "gan": fooled.detach()}
 
         dec = self.stepper.minimize(self.opt_dec, dec_objective, x, eps, zp, clip=cfg.dec_optim.grad_clip,
@@ -196,15 +162,6 @@ class VAEGANMethod(PosteriorPrior, Method):
     def validation_step(self, x, generator):
         eps = torch.randn(x.shape[0], self.cfg.latent_dim, generator=generator).to(x.device)
         zp = torch.randn(x.shape[0], self.cfg.latent_dim, generator=generator).to(x.device)
-        p = self._parts(x, eps, zp, self.discriminator)
+        p = self._parts(x, eps, zp, unwrap(self.discriminator))  # (forward_with_features is not DDP's)
         llike, pixel = self._reconstruction(p, x)
         return {"kl": kl_divergence(p["mean"], p["logvar"]).mean(), "llike": llike, "pixel": pixel}
-
-    def generate(self, z):
-        if self.cfg.prior == "fitted":
-            z = from_prior(self.decoder, z)
-        return torch.tanh(self.decoder(z)).float()
-
-    @torch.inference_mode()
-    def reconstruct(self, x):
-        return torch.tanh(self.decoder(self.encode(x)[0])).float()

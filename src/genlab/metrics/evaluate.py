@@ -23,6 +23,7 @@ from genlab.data.convert import bits_per_dim, dequantize, to_model_range, to_uin
 from genlab.distributed import SINGLE
 from genlab.errors import GenlabError
 from genlab.io import atomic_write
+from genlab.methods.abilities import Reconstructs
 from genlab.metrics import fidelity, image, swd
 from genlab.metrics.features import DESCRIPTIONS, EXTRACTORS, LOGITS, POOL, extract
 from genlab.metrics.ppl import perceptual_path_length
@@ -215,7 +216,7 @@ class Evaluator:
         return results, samples
 
     def reconstruction(self, method) -> dict[str, dict]:
-        if not method.has_encoder:
+        if not isinstance(method, Reconstructs):
             raise GenlabError(f"reconstruction metrics need an encoder; method {method.name!r} has none")
         split = self.heldout_split()
         originals = self.split_images(split)[: self.s.n]

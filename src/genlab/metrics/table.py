@@ -1,5 +1,5 @@
 """The table of metrics: what each one needs from a family, what it produces, and which way is
-better. A family's declared abilities (``has_encoder``, ``has_likelihood``, ``latent_kind``) decide
+better. A family's abilities (:mod:`genlab.methods.abilities`) and ``latent_kind`` decide
 which metrics apply to it, when a config is resolved and when `genlab eval` picks its defaults."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from genlab.errors import GenlabError
+from genlab.methods.abilities import Likelihood, Reconstructs
 from genlab.registry import Registry
 
 
@@ -60,9 +61,9 @@ def parse_metrics(text: str | list[str]) -> list[str]:
 def abilities(method_cls) -> set[str]:
     """What a family declares it can do, in the words of MetricSpec.needs."""
     have = {"samples"} if method_cls.samplers else set()
-    if method_cls.has_encoder:
+    if issubclass(method_cls, Reconstructs):
         have.add("encoder")
-    if method_cls.has_likelihood:
+    if issubclass(method_cls, Likelihood):
         have.add("likelihood")
     if method_cls.latent_kind in ("flat", "image"):
         have.add("latent")

@@ -1,14 +1,12 @@
 """Samplers of diffusion families: ancestral DDPM (Ho et al. 2020, Algorithm 2) and DDIM (Song et
 al. 2021, eq. 12), each drawing every noise of an image's chain from that image's own generator.
 
-They ask of the family (genlab.methods.diffusion): ``process`` (a GaussianDiffusion), ``denoise(x_t,
-t)`` (the network's output), ``diffusion_shape()`` (what is diffused: an image or a latent),
-``clip_denoised`` (clip predicted x_0 to [-1, 1]: pixel space only) and ``finish(x_0)`` (to images
-in [-1, 1]: the identity, or a first stage's decoder).
+What they ask of a family is :class:`DiffusionChain`, which the diffusion families subclass.
 """
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +14,33 @@ import torch
 from genlab.config import check_positive
 from genlab.errors import GenlabError
 from genlab.samplers import SAMPLERS, Sampler, SamplerOptions
+
+
+class DiffusionChain(abc.ABC):
+    """What a diffusion sampler needs of a family: its forward process, its network's output, the
+    shape it diffuses and the last step back to images. A family that samples with ``ddpm`` or
+    ``ddim`` subclasses it; the samplers refuse any other."""
+
+    process: object  # the forward process (genlab.losses.diffusion.GaussianDiffusion): schedule, posterior, T
+    clip_denoised: bool = True  # clip the predicted x_0 to [-1, 1] (pixel space; off for unbounded latents)
+
+    @abc.abstractmethod
+    def denoise(self, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The network's output (eps or v) for x_t at timesteps t."""
+
+    @abc.abstractmethod
+    def diffusion_shape(self) -> tuple[int, ...]:
+        """The shape of one diffused sample: an image (C, H, W) or a latent (D,)."""
+
+    @abc.abstractmethod
+    def finish(self, x0: torch.Tensor) -> torch.Tensor:
+        """The chain's end x_0 -> images in [-1, 1] (clamped, or decoded by a first stage)."""
+
+
+def _chain(method) -> DiffusionChain:
+    if not isinstance(method, DiffusionChain):
+        raise GenlabError(f"method {method.name!r} has no diffusion chain; the ddpm and ddim samplers need one")
+    return method
 
 
 @dataclass
@@ -54,7 +79,7 @@ def _timesteps(n: int, device) -> torch.Tensor:
 
 @torch.no_grad()
 def ddpm_sampler(method, noise, options: DDPMOptions) -> torch.Tensor:
-    process = method.process
+    process = _chain(method).process
     check_steps(options, process.timesteps)
     x = noise.randn(*method.diffusion_shape())  # 1: x_T ~ N(0, I)
     t_batch = _timesteps(len(noise), x.device)
@@ -124,7 +149,7 @@ def ddim_loop(method, x: torch.Tensor, steps: int, eta: float, noise=None) -> to
 
 @torch.no_grad()
 def ddim_sampler(method, noise, options: DDIMOptions) -> torch.Tensor:
-    check_steps(options, method.process.timesteps)
+    check_steps(options, _chain(method).process.timesteps)
     x = noise.randn(*method.diffusion_shape())  # x_T ~ N(0, I)
     return method.finish(ddim_loop(method, x, options.steps, options.eta, noise))
 

@@ -19,7 +19,7 @@ import copy
 
 import torch
 
-from genlab.methods.base import unwrap
+from genlab.distributed import unwrap
 
 
 class EMA:
