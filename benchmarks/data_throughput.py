@@ -19,14 +19,13 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import write_result
 
 
 def genlab_route(cfg, device: torch.device, batch: int, epochs: int, augment: bool) -> dict:
+    from genlab.config import AugmentConfig
     from genlab.data import load_dataset, to_model_range
     from genlab.data.augment import BatchAugment
-    from genlab.config import AugmentConfig
 
     data = load_dataset(cfg)
     images = data.train.to(device) if device.type == "cuda" else data.train  # as the training loop places it

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import score_run, write_result
+
 from genlab.sweep import split_top_level
 
 

@@ -24,9 +24,8 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image
-
 from common import write_result
+from PIL import Image
 
 FIDELITY_NAMES = {"random-standin": "genlab-random-standin", "inception-v3-compat": "inception-v3-compat"}
 
@@ -53,8 +52,8 @@ def main() -> None:
     import torch_fidelity
 
     import genlab.metrics.features  # noqa: F401  (registers the stand-in with torch-fidelity)
-    from genlab.data import build_dataset
     from genlab.config import EvalSettings
+    from genlab.data import build_dataset
     from genlab.metrics.evaluate import Evaluator
     from genlab.train.checkpoint import load_model
 

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import score_run, write_result
 
 
@@ -47,8 +46,8 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
 
-    from genlab.resolve import load_config
     from genlab.api import train as start_training
+    from genlab.resolve import load_config
 
     runs = args.runs or Path(tempfile.mkdtemp(prefix="genlab-gan-quality-"))
     metrics = ["swd"] + (["fid"] if args.inception_weights else [])

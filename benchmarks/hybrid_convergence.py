@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import score_run, write_result
 
 SEED000 = ["model.loss=wgan-gp", "model.diffusion=fixed", "model.g_optim.lr=2e-5", "model.d_optim.lr=6e-5",
@@ -57,11 +56,11 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
 
+    from genlab.api import train as start_training
     from genlab.data import build_dataset
     from genlab.data.convert import to_model_range
     from genlab.resolve import load_run_config, resolve_config
     from genlab.train.checkpoint import load_model
-    from genlab.api import train as start_training
 
     runs = args.runs or Path(tempfile.mkdtemp(prefix="genlab-hybrid-"))
     vae_cfg = load_run_config(str(args.vae))

@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import score_run, write_result
+
 from genlab import api
 from genlab.methods import METHODS
 
@@ -43,8 +43,8 @@ CPU_GAN_CELEBA = "gan-celeba64+data.size=32"
 
 
 def train(spec: str, root: Path, minutes: float, runs: Path, device, seed: int):
-    from genlab.resolve import load_config
     from genlab.api import train as start_training
+    from genlab.resolve import load_config
 
     preset, *variant = spec.split("+")
     overrides = [f"data.root={root}", f"train.max_minutes={minutes}", "train.epochs=100000", f"train.seed={seed}",

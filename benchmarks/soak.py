@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import write_result
 
 
@@ -41,8 +40,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
-    from genlab.resolve import load_config
     from genlab.api import train as start_training
+    from genlab.resolve import load_config
 
     runs = Path(tempfile.mkdtemp(prefix="genlab-soak-"))
     cfg = load_config(args.preset, [f"train.max_steps={args.steps}", "train.epochs=1000000", "data.limit=null",

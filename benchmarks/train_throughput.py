@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import write_result
 
 MODELS = {"dcgan64": "dcgan-celeba64", "vae64": "vae-celeba64-seed002"}
@@ -70,8 +69,8 @@ def peak_memory(device: torch.device) -> dict:
 
 
 def genlab_route(a) -> dict:
-    from genlab.resolve import load_config
     from genlab.api import train as start_training
+    from genlab.resolve import load_config
 
     cfg = load_config(MODELS[a.model], [f"data.root={a.root}", f"train.batch_size={a.batch}",
                                         f"train.max_steps={2 * a.steps}", f"train.log_every={a.steps}",
@@ -91,8 +90,8 @@ def classic_route(a) -> dict:
     from torchvision import datasets, transforms
     from torchvision.transforms import InterpolationMode
 
-    from genlab.resolve import load_config
     from genlab.methods import METHODS
+    from genlab.resolve import load_config
 
     cfg = load_config(MODELS[a.model], [f"data.root={a.root}"])
     transform = transforms.Compose([
@@ -123,8 +122,8 @@ def classic_route(a) -> dict:
 
 
 def sample_route(a) -> dict:
-    from genlab.resolve import load_config
     from genlab.methods import METHODS
+    from genlab.resolve import load_config
 
     cfg = load_config(MODELS[a.model], ["data.root=unused"])
     method = METHODS.get(cfg.method)(cfg.model, (3, 64, 64), a.device)  # speed does not depend on the weights
@@ -139,8 +138,8 @@ def sample_route(a) -> dict:
 def flops_route(a) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from genlab.resolve import load_config
     from genlab.methods import METHODS
+    from genlab.resolve import load_config
 
     cfg = load_config(MODELS[a.model], ["data.root=unused"])
     method = METHODS.get(cfg.method)(cfg.model, (3, 64, 64), a.device)

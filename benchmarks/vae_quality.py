@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import score_run, write_result
+
 from genlab.sweep import split_top_level
 
 WIDTHS_32 = "model.widths=[64,128,256]"  # the 64x64 presets' last three widths: 32x32 needs three steps
@@ -60,8 +60,8 @@ def main() -> None:
     if args.root is None:
         parser.error("--root is required")
 
-    from genlab.resolve import load_config
     from genlab.api import train as start_training
+    from genlab.resolve import load_config
 
     runs = args.runs or Path(tempfile.mkdtemp(prefix="genlab-vae-quality-"))
     from genlab.methods import METHODS

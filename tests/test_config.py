@@ -1,16 +1,16 @@
 import pytest
 
 from genlab.config import apply_overrides, config_to_yaml, load_preset, preset_names
-from genlab.resolve import load_config, resolve_config
-from genlab.errors import GenlabError
-from genlab.methods.gan import GANConfig
-from genlab.methods.vae import VAEConfig
-from genlab.methods.diffusion import DiffusionConfig, LatentDiffusionConfig
-from genlab.methods.autoencoder import AutoencoderConfig
-from genlab.methods.latent_gan import LatentGANConfig
-from genlab.methods.vaegan import VAEGANConfig
 from genlab.detect.family import DetectorConfig
+from genlab.errors import GenlabError
+from genlab.methods.autoencoder import AutoencoderConfig
+from genlab.methods.diffusion import DiffusionConfig, LatentDiffusionConfig
 from genlab.methods.flow import RealNVPConfig
+from genlab.methods.gan import GANConfig
+from genlab.methods.latent_gan import LatentGANConfig
+from genlab.methods.vae import VAEConfig
+from genlab.methods.vaegan import VAEGANConfig
+from genlab.resolve import load_config, resolve_config
 
 
 def test_every_shipped_preset_resolves():

@@ -14,12 +14,12 @@ import torch
 from PIL import Image
 
 from genlab.config import AugmentConfig, DataConfig
-from genlab.resolve import load_config
-from genlab.data import load_dataset, prepare, to_model_range, to_uint8
 from genlab.data import cache as cache_module
+from genlab.data import load_dataset, prepare, to_model_range, to_uint8
 from genlab.data.cache import cache_path, list_catalog, read_meta
 from genlab.data.splits import assign_splits, ranked_holdout, select_part, threshold_split
 from genlab.errors import GenlabError
+from genlab.resolve import load_config
 
 RNG = np.random.default_rng(0)
 

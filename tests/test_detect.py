@@ -13,6 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from genlab.api import resume as resume_training
+from genlab.api import train as start_training
 from genlab.data import build_dataset
 from genlab.detect import bench
 from genlab.detect.adversary import FrozenDetector, load_detector
@@ -23,7 +25,6 @@ from genlab.errors import GenlabError
 from genlab.methods import build_method
 from genlab.resolve import load_config
 from genlab.train.checkpoint import load_checkpoint
-from genlab.api import resume as resume_training, train as start_training
 
 CPU = torch.device("cpu")
 # A detector on the embedded digits at the tiny generators' 16x16 grayscale, seconds on a CPU.

@@ -8,13 +8,14 @@ import shutil
 import pytest
 import torch
 
+from genlab.api import resume as resume_training
+from genlab.api import train as start_training
 from genlab.errors import GenlabError
 from genlab.losses.diffusion import GaussianDiffusion, discretized_gaussian_log_likelihood, make_betas
 from genlab.methods import build_method
 from genlab.resolve import load_config
 from genlab.samplers.diffusion import DDIMOptions, DDPMOptions, ddim_invert_step, ddim_step, ddim_timesteps
 from genlab.train.checkpoint import build_method_from_checkpoint, load_checkpoint
-from genlab.api import resume as resume_training, train as start_training
 
 CPU = torch.device("cpu")
 

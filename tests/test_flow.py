@@ -6,13 +6,13 @@ import math
 import pytest
 import torch
 
+from genlab.api import train as start_training
 from genlab.data.convert import bits_per_dim
 from genlab.errors import GenlabError
 from genlab.methods import build_method
 from genlab.models.flow import Coupling, RealNVP, squeeze, unsqueeze
 from genlab.resolve import load_config
 from genlab.train.checkpoint import load_checkpoint
-from genlab.api import train as start_training
 
 CPU = torch.device("cpu")
 

@@ -6,6 +6,8 @@ import math
 import pytest
 import torch
 
+from genlab.api import resume as resume_training
+from genlab.api import train as start_training
 from genlab.config import OptimConfig
 from genlab.errors import GenlabError
 from genlab.losses import gan as L
@@ -14,7 +16,6 @@ from genlab.methods.step import Stepper, adaptive_clip_
 from genlab.models.blocks import SelfAttention
 from genlab.resolve import load_config
 from genlab.train.checkpoint import load_checkpoint
-from genlab.api import resume as resume_training, train as start_training
 
 CPU = torch.device("cpu")
 X = torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(5)) * 2 - 1

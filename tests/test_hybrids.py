@@ -3,9 +3,9 @@
 
 import torch
 
+from genlab.api import train as start_training
 from genlab.resolve import load_config
 from genlab.train.checkpoint import build_method_from_checkpoint, load_checkpoint
-from genlab.api import train as start_training
 
 CPU = torch.device("cpu")
 UNBALANCED = ["model.arch=vae-decoder", "model.g_activation=leaky_relu", "model.latent_dim=8", "model.g_widths=[8,16]"]
@@ -111,8 +111,9 @@ def test_the_sigma_vae_objective_is_the_gaussian_nll_at_the_optimal_variance():
         kl = -0.5 * (1 + logvar - mean.square() - logvar.exp()).sum(1)
     assert torch.allclose(out["recon"], nll.flatten(1).mean(1).mean(), atol=1e-5)
     assert torch.allclose(out["loss"], (nll.flatten(1).mean(1) + kl / 256).mean(), atol=1e-5)
-    from genlab.errors import GenlabError
     import pytest
+
+    from genlab.errors import GenlabError
 
     with pytest.raises(GenlabError, match="decoder_variance=optimal is a Gaussian decoder's variance"):
         load_config("tiny-vae", ["model.decoder_variance=optimal", "model.recon_loss=bce"])
@@ -124,8 +125,8 @@ def _vae_run(tmp_path):
 
 
 def test_the_latent_corruption_is_q_zt_given_z0_for_a_linear_schedule():
-    from genlab.methods.latent_gan import LatentGANMethod  # noqa: F401  (the family's process)
     from genlab.losses.diffusion import GaussianDiffusion
+    from genlab.methods.latent_gan import LatentGANMethod  # noqa: F401  (the family's process)
 
     process = GaussianDiffusion("linear", 1000)
     betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)  # Ho et al. 2020's linear schedule

@@ -6,9 +6,9 @@ from torch.testing import assert_close
 
 from genlab.errors import GenlabError
 from genlab.methods import METHODS
-from genlab.resolve import load_config
 from genlab.models.dcgan import DCGANDiscriminator, DCGANGenerator
 from genlab.models.vae import ConvDecoder, ConvEncoder
+from genlab.resolve import load_config
 
 CPU = torch.device("cpu")
 

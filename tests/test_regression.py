@@ -10,9 +10,9 @@ import json
 import pytest
 import torch
 
+from genlab.api import train as start_training
 from genlab.resolve import load_config
 from genlab.train.checkpoint import build_method_from_checkpoint
-from genlab.api import train as start_training
 
 CPU = torch.device("cpu")
 

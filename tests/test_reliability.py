@@ -134,9 +134,9 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from genlab.api import train as start_training  # noqa: E402
 from genlab.resolve import load_config  # noqa: E402
 from genlab.train.checkpoint import load_checkpoint  # noqa: E402
-from genlab.api import train as start_training  # noqa: E402
 
 CPU = torch.device("cpu")
 TRAIN = ["train", "tiny-vae", "--quiet", "train.epochs=4", "train.checkpoint_every=2", "train.grid_every=1",

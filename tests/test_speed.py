@@ -8,14 +8,15 @@ import json
 import pytest
 import torch
 
-from genlab.resolve import load_config
+from genlab.api import resume as resume_training
+from genlab.api import train as start_training
+from genlab.config import OptimConfig
 from genlab.errors import GenlabError
 from genlab.methods import METHODS
-from genlab.config import OptimConfig
 from genlab.methods.step import make_optimizer
+from genlab.resolve import load_config
 from genlab.train import loop
 from genlab.train.checkpoint import load_checkpoint
-from genlab.api import resume as resume_training, train as start_training
 from genlab.train.speed import apply_plan, plan_speed
 
 CPU = torch.device("cpu")
