@@ -7,6 +7,7 @@ frozen adversary, see :mod:`genlab.detect.adversary`); this module knows no such
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -206,13 +207,16 @@ def exit_code(run_dir: Path) -> int:
     return {"non_finite_loss": 1, "SIGTERM": 143, "SIGINT": 130}.get(why, 0)
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+def _flatten(section, prefix: str = "") -> dict[str, object]:
+    """Every key of a resolved config as its dotted name: sections (dataclasses) are opened, any other
+    value (a list, or a dict-valued key such as a recorded first stage) is one value."""
     out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value and not key == "first_stage":  # (a recorded config: one value)
-            out.update(_flatten(value, f"{prefix}{key}."))
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(_flatten(value, f"{prefix}{f.name}."))
         else:
-            out[f"{prefix}{key}"] = value
+            out[f"{prefix}{f.name}"] = value
     return out
 
 
@@ -233,7 +237,7 @@ def named_run_plan(cfg: Config, run_dir: Path) -> tuple[str, list[str]]:
         recorded = resolve_config(yaml.safe_load(recorded_path.read_text()))
     except (yaml.YAMLError, GenlabError) as e:
         raise GenlabError(f"--run-dir {run_dir}: its config.yaml cannot be read: {str(e).splitlines()[0]}") from e
-    ours, theirs = _flatten(cfg.to_dict()), _flatten(recorded.to_dict())
+    ours, theirs = _flatten(cfg), _flatten(recorded)
     differing = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k) and k != "name")
     fixed = [k for k in differing if k not in RESUMABLE_KEYS]
     if fixed:
