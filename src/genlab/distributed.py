@@ -102,15 +102,69 @@ def gather_to_main(obj, info: DistInfo) -> list | None:
     return parts
 
 
-def parameters_agree(networks: dict, info: DistInfo) -> bool:
-    """Whether every rank holds bit-identical parameters (a checksum gathered from all ranks)."""
-    h = hashlib.sha256()
-    for name, net in sorted(networks.items()):
-        for p in net.parameters():
-            h.update(p.detach().cpu().numpy().tobytes())
-    digests = [None] * info.world_size
-    dist.all_gather_object(digests, h.hexdigest())
-    return len(set(digests)) == 1
+def _tensors(modules: dict[str, torch.nn.Module]):
+    """(name, tensor) of every parameter and buffer of the named modules, in a fixed order."""
+    for name, module in sorted(modules.items()):
+        module = unwrap(module)
+        for key, tensor in [*module.named_parameters(), *module.named_buffers()]:
+            yield f"{name}.{key}", tensor
+
+
+def state_mismatches(modules: dict[str, torch.nn.Module], info: DistInfo) -> list[str]:
+    """The parameters and buffers (``network.tensor``) that are not bit-identical on every rank: a
+    checksum of each, gathered from all ranks (a collective). Empty when every rank agrees."""
+    if not info.enabled:
+        return []
+    digests = {name: hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+               for name, t in _tensors(modules)}
+    everyone = [None] * info.world_size
+    dist.all_gather_object(everyone, digests)
+    names = sorted(set().union(*(d.keys() for d in everyone)))
+    return [name for name in names if len({d.get(name) for d in everyone}) > 1]
+
+
+def value_mismatches(values: dict, info: DistInfo) -> list[str]:
+    """The names in ``values`` (plain values: numbers, strings, lists) that differ between ranks (a collective)."""
+    if not info.enabled:
+        return []
+    everyone = [None] * info.world_size
+    dist.all_gather_object(everyone, {k: repr(v) for k, v in values.items()})
+    names = sorted(set().union(*(d.keys() for d in everyone)))
+    return [name for name in names if len({d.get(name) for d in everyone}) > 1]
+
+
+def _is_running_statistic(module: torch.nn.Module, key: str) -> bool:
+    return isinstance(module, torch.nn.modules.batchnorm._NormBase) and key in ("running_mean", "running_var")
+
+
+@torch.no_grad()
+def sync_buffers(modules: dict[str, torch.nn.Module], info: DistInfo) -> None:
+    """Make every buffer of the named modules the same on every rank (a collective): running
+    statistics over batches (BatchNorm's running mean and variance, which each rank gathered from its
+    own shard) are averaged over the ranks; any other buffer (a spectral norm's power-iteration
+    vector, a counter, a fitted density) is rank 0's, broadcast."""
+    if not info.enabled:
+        return
+    for module in modules.values():
+        for owner in unwrap(module).modules():
+            for key, buffer in owner.named_buffers(recurse=False):
+                if buffer is None:
+                    continue
+                if _is_running_statistic(owner, key) and buffer.is_floating_point():
+                    dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+                    buffer.div_(info.world_size)
+                else:
+                    dist.broadcast(buffer, src=0)
+
+
+def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """``value`` averaged over the processes of the current group (itself outside one): for a
+    statistic a family measures on each rank's shard and then acts on (an adaptive noise level)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    total = value.detach().clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total / dist.get_world_size()
 
 
 def unwrap(net: torch.nn.Module) -> torch.nn.Module:

@@ -15,6 +15,7 @@ import torch
 
 from genlab.config import OptimConfig, check_positive
 from genlab.data.convert import LEVELS, bits_per_dim, dequantize, to_model_range
+from genlab.distributed import unwrap
 from genlab.errors import GenlabError
 from genlab.methods import METHODS
 from genlab.methods.abilities import Likelihood, Reconstructs
@@ -123,7 +124,7 @@ class RealNVPMethod(Method, Reconstructs, Likelihood):
 
     def generate(self, z):
         """x = g^-1(f^-1(z)): the inverse flow, then the inverse logit, in [-1, 1]."""
-        x01 = logit_postprocess(self.flow.inverse(z.float()), self.cfg.alpha)
+        x01 = logit_postprocess(unwrap(self.flow).inverse(z.float()), self.cfg.alpha)  # (not DDP's forward)
         return (x01 * 2 - 1).clamp(-1, 1)
 
     @torch.inference_mode()

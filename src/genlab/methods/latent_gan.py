@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from genlab.config import OptimConfig, check_choice, check_positive
-from genlab.distributed import unwrap
+from genlab.distributed import mean_over_ranks, unwrap
 from genlab.errors import GenlabError
 from genlab.losses.diffusion import GaussianDiffusion
 from genlab.losses.gan import GAN_LOSSES, add_penalties
@@ -229,7 +229,7 @@ class LatentGANMethod(Method):
         g_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(gr) for gr in grads])) if grads else None
         # Diffusion-GAN's adaptive T (section 3.2): r_d = E[sign D(y_real)], measured over ada_interval
         # steps; T_max moves up when D is too sure of the reals and down when it is not. On the device.
-        self.rd_sum += d["r_d"]
+        self.rd_sum += mean_over_ranks(d["r_d"])  # (the same on every rank: T_max moves alike under DDP)
         if cfg.diffusion == "adaptive" and (step + 1) % cfg.ada_interval == 0:
             r_d = self.rd_sum / cfg.ada_interval
             self.t_max.add_((torch.sign(r_d - cfg.ada_target) * cfg.ada_step).long()).clamp_(0, cfg.timesteps - 1)

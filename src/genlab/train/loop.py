@@ -23,7 +23,17 @@ from tqdm import tqdm
 from genlab.config import Config, EvalSettings
 from genlab.data import ImageSplits, to_model_range
 from genlab.data.augment import BatchAugment
-from genlab.distributed import SINGLE, DistInfo, barrier, broadcast, parameters_agree, wrap_ddp
+from genlab.distributed import (
+    SINGLE,
+    DistInfo,
+    barrier,
+    broadcast,
+    mean_over_ranks,
+    state_mismatches,
+    sync_buffers,
+    value_mismatches,
+    wrap_ddp,
+)
 from genlab.errors import GenlabError
 from genlab.io import atomic_write
 from genlab.methods.base import Method
@@ -151,7 +161,7 @@ class Trainer:
 
     def _flush_window(self, check: bool = True) -> None:
         """Log the window's means (the one host sync), then check them for non-finite values."""
-        window = self.means.flush()
+        window = self.means.flush(mean_over_ranks if self.dist.enabled else None)
         if window is None:
             if check:
                 self.guard.check()
@@ -166,6 +176,27 @@ class Trainer:
                              refresh=False)
         if check:
             self.guard.check(values)
+
+    def _averaged_networks(self) -> dict:
+        return {f"ema_{name}": shadow for name, shadow in self.ema.shadows.items()} if self.ema is not None else {}
+
+    def _sync_state(self) -> None:
+        """Every buffer the same on every rank before anything reads it (BatchNorm's running statistics
+        averaged, the rest rank 0's), the EMA's included: a collective under DDP, nothing otherwise."""
+        if self.dist.enabled:
+            sync_buffers({**self.method.networks(), **self._averaged_networks()}, self.dist)
+
+    def _check_agreement(self) -> None:
+        """At the end of a run under DDP: parameters, buffers, EMA averages and the family's extra state
+        (an adaptive noise level) identical on every rank, else the run fails naming what differs."""
+        differing = state_mismatches({**self.method.networks(), **self._averaged_networks()}, self.dist)
+        differing += value_mismatches({f"extra.{k}": v for k, v in self.method.extra_state().items()}, self.dist)
+        if differing:
+            shown = ", ".join(differing[:5]) + (f" and {len(differing) - 5} more" if len(differing) > 5 else "")
+            raise GenlabError(f"the processes ended with different state: {shown} differ between ranks; "
+                              "the run is not consistent")
+        log.info("parameters identical on all %d ranks (and buffers%s)", self.dist.world_size,
+                 ", EMA averages" if self.ema is not None else "")
 
     # -- what happens at an epoch's end --------------------------------------------------------
     def _end_epoch_hook(self) -> None:
@@ -273,6 +304,7 @@ class Trainer:
         p.epoch, p.batch = p.epoch + 1, 0
         p.elapsed_s = self.clock.elapsed()
         report_start = time.perf_counter()
+        self._sync_state()
         self._end_epoch_hook()
         due = self.cfg.eval.every and p.epoch % self.cfg.eval.every == 0
         evaluated, results = self._evaluate() if due else ({}, {})
@@ -369,6 +401,7 @@ class Trainer:
         p = self.progress
         self._flush_window(check=False)
         p.elapsed_s = self.clock.elapsed()
+        self._sync_state()  # (a stop inside an epoch saves, and the agreement check reads, synchronised buffers)
         if stop_reason in STOPS_INSIDE_AN_EPOCH:
             try:
                 self.guard.check()  # (on every rank: a collective under DDP)
@@ -435,9 +468,7 @@ class Trainer:
             self.bar.close()
             self.writer.close()
         if self.dist.enabled:
-            if not parameters_agree(self.method.networks(), self.dist):
-                raise GenlabError("the processes ended with different parameters; the run is not consistent")
-            log.info("parameters identical on all %d ranks", self.dist.world_size)
+            self._check_agreement()
             if not self.dist.is_main:
                 return {}
         return self._summary(stop_reason)

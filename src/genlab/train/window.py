@@ -50,13 +50,18 @@ class RunningMeans:
             self.counts[key] = self.counts.get(key, 0) + 1
         self.steps += 1
 
-    def flush(self) -> tuple[dict[str, float], int, float] | None:
+    def flush(self, reduce=None) -> tuple[dict[str, float], int, float] | None:
         """The window's means, its step count and its seconds (None for an empty window); the window
-        then starts again."""
+        then starts again. ``reduce`` (under DDP: the mean over ranks) turns each rank's means of its
+        own shard into the global batch's, read back in one transfer."""
         if not self.steps:
             return None
         now = time.perf_counter()
-        values = {key: (total / self.counts[key]).item() for key, total in self.sums.items()}
+        keys = list(self.sums)
+        means = torch.stack([self.sums[key] / self.counts[key] for key in keys])
+        if reduce is not None:
+            means = reduce(means)
+        values = dict(zip(keys, means.tolist()))
         for key, value in values.items():
             self.epoch_sums[key] = self.epoch_sums.get(key, 0.0) + value * self.counts[key]
             self.epoch_counts[key] = self.epoch_counts.get(key, 0) + self.counts[key]
