@@ -147,7 +147,23 @@ def _likelihood() -> list[str]:
                     "(one seed): [likelihood_quality-cpu](results/likelihood_quality-cpu.md)."]
 
 
-TABLES = {"vae-families": _vae_families, "gan-quality": _gan_quality, "likelihood": _likelihood}
+def _gan_modern() -> list[str]:
+    data = _load("gan_modern-cpu.json")
+    lines = ["| preset | SWD by seed | mean [95% interval] | × reference | interval clear of the old best | mean steps "
+             "| divergence rate |", "|---|---|---|---|---|---|---|"]
+    for preset, s in data["stats"].items():
+        by_seed = " / ".join(f"{v:.1f}" for _, v in sorted(s["swd_by_seed"].items()))
+        span = f"[{s['low']:.1f}, {s['high']:.1f}]" if s["low"] is not None else f"({s.get('note', '1 seed')})"
+        lines.append(f"| `{preset}` | {by_seed} | {s['mean']:.1f} {span} | {s['vs_reference']:.2f} | "
+                     f"{'yes' if s['clear_of_old_best'] else 'no'} | {s['steps_mean']:.0f} | {s['divergence_rate']:.2f} |")
+    t = data["target"]
+    return lines + ["", f"Best new preset `{t['new_best']}` at {t['ratio_to_reference']:.2f}x the reference "
+                    f"`{data['reference']}`; the old best is `{t['old_best']}`; target (≤ 0.5x, interval clear of the old "
+                    f"best's) {'met' if t['met'] else 'not met'}: [gan_modern-cpu](results/gan_modern-cpu.md)."]
+
+
+TABLES = {"vae-families": _vae_families, "gan-quality": _gan_quality, "likelihood": _likelihood,
+          "gan-modern": _gan_modern}
 GENERATED = re.compile(r"(<!-- generated: ([\w-]+) -->\n).*?(<!-- end generated -->)", re.S)
 
 

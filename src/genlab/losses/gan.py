@@ -76,6 +76,19 @@ def g_hinge_loss(fake_out: torch.Tensor) -> torch.Tensor:
     return -fake_out.float()
 
 
+def d_relativistic_loss(real_out: torch.Tensor, fake_out: torch.Tensor, real_target=None, fake_target=None) -> torch.Tensor:
+    """RpGAN's discriminator (Jolicoeur-Martineau 2019; Huang et al. 2024, "The GAN is dead; long live the
+    GAN!", eq. 2) on paired real and fake samples: f(D(G(z)) - D(x)) with f(t) = softplus(t) = -log
+    sigmoid(-t). Targets do not apply."""
+    return F.softplus(fake_out.float() - real_out.float())
+
+
+def g_relativistic_loss(fake_out: torch.Tensor, real_out: torch.Tensor) -> torch.Tensor:
+    """RpGAN's generator (Huang et al. 2024, eq. 2, the same pairs with the roles swapped):
+    f(D(x) - D(G(z))). It needs D's outputs on reals too (``GANObjective.relativistic``)."""
+    return F.softplus(real_out.float() - fake_out.float())
+
+
 def gradient_penalty(gradients: torch.Tensor, target: float = 1.0) -> torch.Tensor:
     """WGAN-GP's penalty (Gulrajani et al. 2017, eq. 3) per sample: (||grad_x D(x^)||_2 - 1)^2, where
     the gradients are taken at random interpolates x^ = e x + (1 - e) G(z), e ~ U[0, 1]."""
@@ -88,14 +101,22 @@ def r1_penalty(gradients: torch.Tensor) -> torch.Tensor:
     return gradients.flatten(1).square().sum(1)
 
 
+def r2_penalty(gradients: torch.Tensor) -> torch.Tensor:
+    """R2 (Mescheder et al. 2018, eq. 10) per sample: ||grad_x D(x)||^2 on generated images; with R1,
+    what makes RpGAN converge locally (Huang et al. 2024, section 3); weighted by gamma / 2."""
+    return gradients.flatten(1).square().sum(1)
+
+
 def add_penalties(loss: torch.Tensor, gradients: Callable, critic: Callable, real: torch.Tensor, fake: torch.Tensor,
                   mix: torch.Tensor | None = None, gp_weight: float = 0.0, real_out: torch.Tensor | None = None,
-                  r1_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                  r1_weight: float = 0.0, fake_out: torch.Tensor | None = None,
+                  r2_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """A discriminator's batch loss plus its gradient penalties, and each penalty's batch mean:
     WGAN-GP's (weight ``gp_weight``) on the interpolates mix * real + (1 - mix) * fake when ``mix`` is
-    given, and R1 (weight ``r1_weight``) on the real inputs, whose outputs ``real_out`` = critic(real)
-    were computed with ``real`` requiring a gradient. ``gradients(outputs, inputs)`` takes the
-    gradients (the step helper's, correct under the fp16 scaler); ``critic(inputs)`` is D's output."""
+    given, R1 (weight ``r1_weight``) on the real inputs, whose outputs ``real_out`` = critic(real)
+    were computed with ``real`` requiring a gradient, and R2 (weight ``r2_weight``) likewise on the
+    fake inputs and ``fake_out``. ``gradients(outputs, inputs)`` takes the gradients (the step
+    helper's, correct under the fp16 scaler); ``critic(inputs)`` is D's output."""
     stats = {}
     if mix is not None:  # WGAN-GP: the critic's gradient norm pulled to 1 on random interpolates
         between = (mix * real.detach() + (1 - mix) * fake.detach()).requires_grad_(True)
@@ -106,6 +127,10 @@ def add_penalties(loss: torch.Tensor, gradients: Callable, critic: Callable, rea
         (grad,) = gradients(real_out, real)
         stats["r1"] = r1_penalty(grad).mean()
         loss = loss + r1_weight * stats["r1"]
+    if r2_weight:  # R2: the gradient on fakes pulled to 0
+        (grad,) = gradients(fake_out, fake)
+        stats["r2"] = r2_penalty(grad).mean()
+        loss = loss + r2_weight * stats["r2"]
     return loss, stats
 
 
@@ -116,12 +141,18 @@ class GANObjective:
     targets: bool  # takes real/fake targets: label smoothing, flipping and noise apply
     probabilities: bool  # D's outputs are logits of the probability that an image is real
     penalty: str = ""  # "gp": the objective includes WGAN-GP's gradient penalty (model.gp_weight)
+    relativistic: bool = False  # G's loss takes D's outputs on reals too: g_loss(fake_out, real_out)
+    zero_centred: bool = False  # R2 (a zero-centred penalty on fakes) is defined for it (Mescheder et al. 2018)
 
 
 # ``model.loss``: the objective a GAN is trained with, apart from its architecture (``model.arch``).
 GAN_LOSSES: Registry = Registry("GAN objective")
-GAN_LOSSES.register("nonsaturating")(GANObjective(d_logistic_loss, g_nonsaturating_loss, targets=True, probabilities=True))
+GAN_LOSSES.register("nonsaturating")(GANObjective(d_logistic_loss, g_nonsaturating_loss, targets=True, probabilities=True,
+                                                  zero_centred=True))
 GAN_LOSSES.register("lsgan")(GANObjective(d_least_squares_loss, g_least_squares_loss, targets=True, probabilities=False))
 GAN_LOSSES.register("wgan-gp", aliases=("wgangp",))(
     GANObjective(d_wasserstein_loss, g_wasserstein_loss, targets=False, probabilities=False, penalty="gp"))
 GAN_LOSSES.register("hinge")(GANObjective(d_hinge_loss, g_hinge_loss, targets=False, probabilities=False))
+GAN_LOSSES.register("rpgan", aliases=("relativistic",))(
+    GANObjective(d_relativistic_loss, g_relativistic_loss, targets=False, probabilities=False, relativistic=True,
+                 zero_centred=True))

@@ -8,12 +8,13 @@ bottom as in rosinality's ``train()``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 
-from genlab.config import OptimConfig, check_choice, check_positive
+from genlab.config import ADAM_BETAS, OptimConfig, check_choice, check_positive
 from genlab.data.augment import diff_augment, parse_policy
 from genlab.distributed import unwrap
 from genlab.errors import GenlabError
@@ -30,8 +31,8 @@ def _gan_optim() -> OptimConfig:
 
 @dataclass
 class GANConfig:
-    arch: str = "dcgan"  # generator/discriminator pair (genlab.models.GAN_ARCHS)
-    loss: str = "nonsaturating"  # objective (genlab.losses.gan.GAN_LOSSES): nonsaturating | lsgan | wgan-gp | hinge
+    arch: str = "dcgan"  # generator/discriminator pair (genlab.models.GAN_ARCHS): dcgan | vae-decoder | sn-resnet | r3gan
+    loss: str = "nonsaturating"  # objective (genlab.losses.gan.GAN_LOSSES): nonsaturating | lsgan | wgan-gp | hinge | rpgan
     latent_dim: int = 100  # size of z (DCGAN uses 100)
     g_widths: list[int] = field(default_factory=list)  # generator channels per step, shallow first; [] = 64, 128, ...
     d_widths: list[int] = field(default_factory=list)  # discriminator channels per step; [] = 64, 128, ...
@@ -47,6 +48,15 @@ class GANConfig:
     gp_weight: float = 10.0  # lambda of the gradient penalty of loss wgan-gp (Gulrajani et al. 2017)
     r1_gamma: float = 0.0  # gamma of the R1 penalty on real images (Mescheder et al. 2018), with any loss; 0 = off
     r1_every: int = 1  # lazy R1: every k steps, weighted by k (Karras et al. 2020, section 3.1)
+    r2_gamma: float = 0.0  # gamma of the R2 penalty on generated images (Mescheder et al. 2018; R3GAN uses R1 + R2); 0 = off
+    blocks: int = 1  # residual blocks per resolution (arch r3gan; sn-resnet has one)
+    group_width: int = 16  # arch r3gan: channels per group of its grouped 3x3 convolutions (Huang et al. 2024)
+    expansion: int = 2  # arch r3gan: the inverted bottleneck's width factor
+    schedule_steps: int = 0  # R3GAN's schedules: over this many steps the learning rates and gammas fall (cosine)
+    #                          to *_end of their start and Adam's beta2 moves to beta2_end; 0 = constant
+    lr_end: float = 1.0  # the learning rates at the schedule's end, as a fraction of their start
+    gamma_end: float = 1.0  # r1_gamma and r2_gamma at the schedule's end, as a fraction of their start
+    beta2_end: float = 0.0  # Adam's beta2 at the schedule's end (0 = unchanged)
     real_label: float = 1.0  # target for real images; 0.9 is one-sided label smoothing
     label_flip_every: int = 0  # swap real and fake targets in D's loss on every N-th step (seed 002: 16); 0 = never
     label_noise: float = 0.0  # std of Gaussian noise on D's targets, per image (seed 002: 0.1); 0 = off
@@ -64,11 +74,11 @@ class GANConfig:
         GAN_ARCHS.canonical(self.arch)
         objective = GAN_LOSSES.get(self.loss)
         self.loss = GAN_LOSSES.canonical(self.loss)
-        for key in ("latent_dim", "base_width", "n_critic", "r1_every"):
+        for key in ("latent_dim", "base_width", "n_critic", "r1_every", "blocks", "group_width", "expansion"):
             if getattr(self, key) < 1:
                 raise GenlabError(f"config key '{prefix}{key}' must be at least 1, got {getattr(self, key)}")
-        for key in ("gp_weight", "r1_gamma", "label_noise", "instance_noise", "instance_noise_steps",
-                    "label_flip_every", "attention_res"):
+        for key in ("gp_weight", "r1_gamma", "r2_gamma", "label_noise", "instance_noise", "instance_noise_steps",
+                    "label_flip_every", "attention_res", "schedule_steps"):
             check_positive(f"{prefix}{key}", getattr(self, key), allow_zero=True)
         check_choice(f"{prefix}g_norm", self.g_norm, ("batch", "instance", "none"))
         check_choice(f"{prefix}g_activation", self.g_activation, ("relu", "leaky_relu"))
@@ -80,7 +90,28 @@ class GANConfig:
             raise GenlabError(f"config key '{prefix}d_dropout' must be in [0, 1), got {self.d_dropout}")
         if not 0 < self.real_label <= 1:
             raise GenlabError(f"config key '{prefix}real_label' must be in (0, 1], got {self.real_label}")
-        penalty = "the gradient penalty of wgan-gp" if objective.penalty == "gp" else "R1" if self.r1_gamma else ""
+        if self.r2_gamma and not objective.zero_centred:
+            raise GenlabError(f"{prefix}r2_gamma: R2 is a zero-centred penalty on generated images, defined for the "
+                              f"logistic objectives (nonsaturating, rpgan; Mescheder et al. 2018), not for loss {self.loss}")
+        if self.arch not in ("sn-resnet", "r3gan") and (self.blocks, self.group_width, self.expansion) != (1, 16, 2):
+            raise GenlabError(f"{prefix}blocks, group_width and expansion size the residual architectures; "
+                              f"arch {self.arch} has none")
+        if self.arch in ("sn-resnet", "r3gan") and (self.attention_res or self.d_dropout):
+            raise GenlabError(f"{prefix}attention_res and d_dropout are DCGAN's switches; arch {self.arch} has neither")
+        for key in ("lr_end", "gamma_end"):
+            if not 0 < getattr(self, key) <= 1:
+                raise GenlabError(f"config key '{prefix}{key}' must be in (0, 1], got {getattr(self, key)}")
+        if not 0 <= self.beta2_end < 1:
+            raise GenlabError(f"config key '{prefix}beta2_end' must be in [0, 1) (0 = unchanged), got {self.beta2_end}")
+        scheduled = self.lr_end != 1 or self.gamma_end != 1 or self.beta2_end
+        if scheduled and not self.schedule_steps:
+            raise GenlabError(f"{prefix}lr_end, gamma_end and beta2_end need {prefix}schedule_steps > 0")
+        if self.schedule_steps and (self.g_optim.lr_gamma != 1 or self.d_optim.lr_gamma != 1):
+            raise GenlabError(f"{prefix}schedule_steps sets the learning rates every step; leave "
+                              f"{prefix}g_optim.lr_gamma and d_optim.lr_gamma at 1")
+        if self.beta2_end and "rmsprop" in (self.g_optim.name, self.d_optim.name):
+            raise GenlabError(f"{prefix}beta2_end: RMSprop has no beta2")
+        penalty = "the gradient penalty of wgan-gp" if objective.penalty == "gp" else "R1" if self.r1_gamma else "R2" if self.r2_gamma else ""
         if penalty and self.d_norm == "batch":
             raise GenlabError(f"{prefix}d_norm=batch with {penalty}: a gradient penalty is taken per image, and batch "
                               "norm makes each output depend on the whole batch (Gulrajani et al. 2017, section 4); "
@@ -168,8 +199,25 @@ class GANMethod(Method):
             fake = fake + self.cfg.label_noise * torch.randn(n, device=device)
         return (fake, real) if self.label_flipped(step) else (real, fake)
 
+    def schedule(self, step: int) -> float:
+        """R3GAN's schedules (Huang et al. 2024, section 4 and their config E), a function of the step so
+        resume stays exact: over ``schedule_steps`` the learning rates fall to ``lr_end`` of their start
+        along a half cosine, and Adam's beta2 moves to ``beta2_end``; returns the gammas' factor."""
+        cfg = self.cfg
+        if not cfg.schedule_steps:
+            return 1.0
+        done = 0.5 * (1 - math.cos(math.pi * min(step / cfg.schedule_steps, 1.0)))  # 0 at the start, 1 at the end
+        for optimizer, opt_cfg in ((self.opt_g, cfg.g_optim), (self.opt_d, cfg.d_optim)):
+            for group in optimizer.param_groups:
+                group["lr"] = opt_cfg.lr * (1 + (cfg.lr_end - 1) * done)
+                if cfg.beta2_end and "betas" in group:
+                    beta1, beta2 = group["betas"][0], (opt_cfg.betas or ADAM_BETAS)[1]
+                    group["betas"] = (beta1, beta2 + (cfg.beta2_end - beta2) * done)
+        return 1 + (cfg.gamma_end - 1) * done
+
     def train_step(self, x, step):
         cfg, n = self.cfg, x.shape[0]
+        gamma = self.schedule(step)
         g_step = (step + 1) % cfg.n_critic == 0  # D steps on every batch, G on every n_critic-th
         single = self.stepper.accumulate == 1
         # Everything random in the step is drawn here, for the whole batch, so it does not depend on
@@ -194,12 +242,15 @@ class GANMethod(Method):
                 real, fake = real + sigma * noise_real[i], fake + sigma * noise_fake[i]
             if r1_due:
                 real = real.detach().requires_grad_(True)
+            if cfg.r2_gamma:
+                fake = fake.detach().requires_grad_(True)
             real_out, fake_out = self.discriminate(real), self.discriminate(fake)
             adversarial = self.objective.d_loss(real_out, fake_out, real_target[i], fake_target[i]).mean()
-            # R1 is lazy, every k steps, so weighted by k (Karras et al. 2020)
+            # R1 is lazy, every k steps, so weighted by k (Karras et al. 2020); gamma / 2 as in Mescheder et al.
             loss, out = add_penalties(adversarial, self.stepper.gradients, self.discriminate, real, fake,
                                       None if mix is None else mix[i], cfg.gp_weight, real_out,
-                                      0.5 * cfg.r1_gamma * cfg.r1_every if r1_due else 0.0)
+                                      0.5 * gamma * cfg.r1_gamma * cfg.r1_every if r1_due else 0.0, fake_out,
+                                      0.5 * gamma * cfg.r2_gamma)
             out.update({"loss": loss, "adversarial": adversarial})
             real_score, fake_score = real_out.detach().float(), fake_out.detach().float()
             if self.objective.probabilities:  # D's mean belief that reals (fakes) are real
@@ -222,7 +273,14 @@ class GANMethod(Method):
             if sigma:
                 images = images + sigma * noise_fake[i]
             with frozen(plain_d):
-                loss = self.objective.g_loss(self.discriminate(images, plain_d)).mean()
+                fake_out = self.discriminate(images, plain_d)
+                if self.objective.relativistic:  # RpGAN pairs each fake with a real (Huang et al. 2024, eq. 2)
+                    real = x[i] + sigma * noise_real[i] if sigma else x[i]
+                    with torch.no_grad():
+                        real_out = self.discriminate(real, plain_d)
+                    loss = self.objective.g_loss(fake_out, real_out).mean()
+                else:
+                    loss = self.objective.g_loss(fake_out).mean()
             adversary = self.adversary_loss(images)
             if adversary is None:
                 return loss
@@ -242,8 +300,8 @@ class GANMethod(Method):
         so a GAN run has validation curves; D overfitting shows as its validation loss rising."""
         z = torch.randn(x.shape[0], self.cfg.latent_dim, generator=generator).to(x.device)
         real_out, fake_out = self.discriminator(x), self.discriminator(self.generator(z))
-        return {"loss_d": self.objective.d_loss(real_out, fake_out, 1.0, 0.0).mean(),
-                "loss_g": self.objective.g_loss(fake_out).mean()}
+        g_loss = self.objective.g_loss(fake_out, real_out) if self.objective.relativistic else self.objective.g_loss(fake_out)
+        return {"loss_d": self.objective.d_loss(real_out, fake_out, 1.0, 0.0).mean(), "loss_g": g_loss.mean()}
 
     def generate(self, z):
         return self.generator(z).float()

@@ -84,6 +84,9 @@ class LatentGANConfig:
     def validate(self, prefix: str = "model.") -> None:
         GAN_LOSSES.canonical(self.loss)
         self.loss = GAN_LOSSES.canonical(self.loss)
+        if GAN_LOSSES.get(self.loss).relativistic:
+            raise GenlabError(f"{prefix}loss={self.loss}: the latent GAN's generator step has no real latents to pair "
+                              "its fakes with; use nonsaturating, lsgan, wgan-gp or hinge")
         for key in ("noise_dim", "gp_weight", "r1_gamma"):
             check_positive(f"{prefix}{key}", getattr(self, key), allow_zero=True)
         for key in ("width", "g_blocks", "timesteps", "ada_interval", "ada_step"):

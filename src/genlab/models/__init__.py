@@ -11,7 +11,7 @@ from genlab.registry import Registry
 GAN_ARCHS: Registry = Registry("GAN architecture")
 
 # Importing an architecture registers it.
-from genlab.models import dcgan  # noqa: E402,F401
+from genlab.models import dcgan, resnet_gan  # noqa: E402,F401
 from genlab.models.detector import DETECTOR_ARCHS  # noqa: E402  (real-vs-generated classifiers)
 
 __all__ = ["GAN_ARCHS", "DETECTOR_ARCHS"]
