@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from genlab.api import resume as resume_training, train as start_training
+from genlab.api import resume as resume_training
+from genlab.api import train as start_training
 from genlab.errors import GenlabError
 from genlab.losses.gan import GAN_LOSSES, add_penalties, d_relativistic_loss, g_relativistic_loss
 from genlab.methods import METHODS

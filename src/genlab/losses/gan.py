@@ -153,6 +153,6 @@ GAN_LOSSES.register("lsgan")(GANObjective(d_least_squares_loss, g_least_squares_
 GAN_LOSSES.register("wgan-gp", aliases=("wgangp",))(
     GANObjective(d_wasserstein_loss, g_wasserstein_loss, targets=False, probabilities=False, penalty="gp"))
 GAN_LOSSES.register("hinge")(GANObjective(d_hinge_loss, g_hinge_loss, targets=False, probabilities=False))
-GAN_LOSSES.register("rpgan", aliases=("relativistic",))(
+GAN_LOSSES.register("rpgan")(
     GANObjective(d_relativistic_loss, g_relativistic_loss, targets=False, probabilities=False, relativistic=True,
                  zero_centred=True))
