@@ -473,11 +473,11 @@ def test_the_cli_defaults_are_the_evaluation_table(cli):
     from genlab.cli import build_parser
     from genlab.config import EvalSettings
 
-    args = build_parser().parse_args(["eval", "somewhere"])
+    args = build_parser("eval").parse_args(["eval", "somewhere"])
     table = EvalSettings()
     assert (args.n, args.extractor, args.seed, args.batch_size) == (table.n, table.extractor, table.seed, table.batch_size)
     from genlab.resolve import load_config as resolve
 
     assert resolve("tiny-vae").eval.extractor == table.extractor
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["eval", "x", "--extractor", "inception"])  # the registry's names only
+        build_parser("eval").parse_args(["eval", "x", "--extractor", "inception"])  # the registry's names only

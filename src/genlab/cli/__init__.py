@@ -2,7 +2,8 @@
 data | detect | presets.
 
 The command groups live one module each (train, models, data, analyze, compare, detect); they parse
-and print, and the work is done by :mod:`genlab.api` and the library below it.
+and print, and the work is done by :mod:`genlab.api` and the library below it. A group is imported
+only for its own command, so `genlab --help` and `--version` answer at once (without torch).
 
 Bad input (a wrong path, an unknown key, a checkpoint of another model) ends with one line on
 stderr naming what and where, and exit code 2; ``--debug`` shows the traceback instead.
@@ -11,16 +12,14 @@ stderr naming what and where, and exit code 2; ``--debug`` shows the traceback i
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
 import threading
 
-from tqdm import tqdm
-
 import genlab
-from genlab.cli import analyze, compare, data, detect, models, train
-from genlab.cli.common import FORMAT
+from genlab.cli.common import COMMANDS, FORMAT
 from genlab.errors import GenlabError
 
 log = logging.getLogger("genlab")
@@ -34,22 +33,31 @@ examples:
 """
 
 
-GROUPS = (train, models, data, analyze, compare, detect)  # (the order of `genlab --help`)
-COMMANDS = {"train": train.cmd_train, "presets": train.cmd_presets, "sample": models.cmd_sample,
-            "reconstruct": models.cmd_reconstruct, "eval": models.cmd_eval, "summary": models.cmd_summary,
-            "data": data.cmd_data, "analyze": analyze.cmd_analyze, "report": compare.cmd_report,
-            "sweep": compare.cmd_sweep, "detect": detect.cmd_detect}
+def _command_in(argv: list[str]) -> str | None:
+    """The command word of a command line (the first word that is not an option)."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _group(command: str):
+    """The module of a command's group, imported now (importlib: a deferred import, so the commands not
+    run cost nothing)."""
+    return importlib.import_module(f"genlab.cli.{COMMANDS[command][0]}")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser: ``command``'s group in full, every other command as its one-line entry."""
     parser = argparse.ArgumentParser(
         prog="genlab", description="Train, evaluate and compare deep generative image models.",
         epilog=MAIN_EXAMPLES, formatter_class=FORMAT)
     parser.add_argument("--version", action="version", version=f"genlab {genlab.__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for group in GROUPS:
-        group.add_parsers(sub)
+    full = COMMANDS[command][0] if command in COMMANDS else None
+    if full is not None:
+        _group(command).add_parsers(sub)
+    for name, (group, text) in COMMANDS.items():
+        if group != full:
+            sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".", add_help=False)
     return parser
 
 
@@ -57,6 +65,8 @@ class _ConsoleHandler(logging.Handler):
     """Log lines on stderr, printed above the progress bar rather than through it."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm  # deferred: tqdm is only needed once a command logs (not for --help)
+
         try:
             tqdm.write(self.format(record), file=sys.stderr)
         except Exception:
@@ -87,7 +97,8 @@ def _quiet_thread_os_errors(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     threading.excepthook = _quiet_thread_os_errors
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    command = _command_in(argv)
+    parser = build_parser(command)
     # key=value overrides may stand anywhere on the line, also after options such as --root DIR.
     args, extra = parser.parse_known_args(argv)
     stray = [a for a in extra if a.startswith("-") or "=" not in a]
@@ -102,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_console_logging()
     debug = args.debug
     try:
-        return COMMANDS[args.command](args)
+        return getattr(_group(args.command), f"cmd_{args.command}")(args)
     except GenlabError as e:
         if debug:
             raise

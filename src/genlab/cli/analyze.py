@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from genlab.analysis import commands
-from genlab.cli.common import CHECKPOINTS, FORMAT, add_common
+from genlab.cli.common import CHECKPOINTS, COMMANDS, FORMAT, add_common
 from genlab.distributed import resolve_device
 from genlab.errors import GenlabError
 
@@ -25,7 +25,7 @@ Each writes RUN_DIR/analysis/NAME.png and NAME.json (the numbers and settings).
 
 def add_parsers(sub) -> None:
     fmt = FORMAT
-    p = sub.add_parser("analyze", help="analyses of a run: timeline, curves, interpolate, variations, traversal",
+    p = sub.add_parser("analyze", help=COMMANDS["analyze"][1],
                        description="Analyses of a trained run; each writes RUN_DIR/analysis/NAME.png and NAME.json.",
                        epilog=ANALYZE_EXAMPLES, formatter_class=fmt)
     analyze_sub = p.add_subparsers(dest="analyze_command", metavar="ANALYSIS", required=True)

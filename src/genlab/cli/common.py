@@ -8,6 +8,22 @@ from pathlib import Path
 from genlab.errors import GenlabError
 
 CHECKPOINTS = ("last", "best")
+
+# Every command: the module of its group (genlab.cli.<group>) and its one-line help. `genlab --help`
+# and `--version` need nothing else, so they do not import torch; a command imports its group only.
+COMMANDS = {
+    "train": ("train", "train a model from a preset"),
+    "sample": ("models", "generate images from a trained run"),
+    "reconstruct": ("models", "reconstruct held-out images (families with an encoder)"),
+    "eval": ("models", "evaluate a run (or a folder of images) under one protocol"),
+    "data": ("data", "inspect, prepare and download data sets"),
+    "analyze": ("analyze", "analyses of a run: timeline, curves, interpolate, variations, traversal"),
+    "summary": ("models", "layers, output shapes, parameters and multiply-adds of a preset's or run's networks"),
+    "report": ("compare", "one self-contained HTML page for runs, sweeps and detector matrices"),
+    "sweep": ("compare", "a grid of runs over config keys and seeds, with a sweep report"),
+    "detect": ("detect", "deepfake-detector benchmark: train, evaluate, cross-generator matrix, adversarial loop"),
+    "presets": ("train", "list the shipped presets"),
+}
 FORMAT = argparse.RawDescriptionHelpFormatter
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from genlab import sweep
-from genlab.cli.common import FORMAT, add_common, positive
+from genlab.cli.common import COMMANDS, FORMAT, add_common, positive
 from genlab.errors import GenlabError
 from genlab.report import write_report
 from genlab.sweep.runners import LocalRunner, RayRunner
@@ -36,7 +36,7 @@ Each run is an ordinary run directory (SWEEP/runs/POINT-seedK); after training i
 
 def add_parsers(sub) -> None:
     fmt = FORMAT
-    p = sub.add_parser("report", help="one self-contained HTML page for runs, sweeps and detector matrices",
+    p = sub.add_parser("report", help=COMMANDS["report"][1],
                        description="Write one self-contained HTML report (images embedded) for runs side by side, "
                                    "sweeps and detector matrices.", epilog=REPORT_EXAMPLES, formatter_class=fmt)
     p.add_argument("paths", nargs="+", type=Path, metavar="RUN_DIR|SWEEP_DIR|MATRIX_DIR")
@@ -45,7 +45,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     add_common(p, device=False)
 
-    p = sub.add_parser("sweep", help="a grid of runs over config keys and seeds, with a sweep report",
+    p = sub.add_parser("sweep", help=COMMANDS["sweep"][1],
                        description="Run a grid of ordinary runs under one sweep folder, then chart each metric against "
                                    "each swept key with the spread over seeds.", epilog=SWEEP_EXAMPLES, formatter_class=fmt)
     p.add_argument("preset", nargs="?", help="a preset, or a shipped sweep (see the list below)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from genlab.cli.common import FORMAT, add_common
+from genlab.cli.common import COMMANDS, FORMAT, add_common
 from genlab.config import apply_overrides, load_preset
 from genlab.data import SOURCES, prepare
 from genlab.data.cache import read_meta
@@ -28,7 +28,7 @@ key=value sets data keys (size=64 or data.size=64); `genlab train` prepares what
 
 def add_parsers(sub) -> None:
     fmt = FORMAT
-    p = sub.add_parser("data", help="inspect, prepare and download data sets",
+    p = sub.add_parser("data", help=COMMANDS["data"][1],
                        description="Inspect, prepare (decode once into the cache) and download data sets.",
                        epilog=DATA_EXAMPLES, formatter_class=fmt)
     data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -42,7 +42,7 @@ def add_parsers(sub) -> None:
         if action == "prepare":
             q.add_argument("--force", action="store_true", help="rebuild the cache even if it exists")
         add_common(q, device=False)
-    q = data_sub.add_parser("download", help="download a data set from its official source",
+    q = data_sub.add_parser("download", help=COMMANDS["download"][1],
                             description="Download a data set from its official source and verify checksums.",
                             epilog=DATA_EXAMPLES, formatter_class=fmt)
     q.add_argument("dataset", choices=sorted(DOWNLOADS))

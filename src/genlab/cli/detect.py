@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from genlab.cli.common import FORMAT, add_common, check_output, positive
+from genlab.cli.common import COMMANDS, FORMAT, add_common, check_output, positive
 from genlab.detect import bench
 from genlab.distributed import resolve_device
 from genlab.errors import GenlabError
@@ -28,7 +28,7 @@ data.size and data.channels follow the fakes unless set; key=value sets detector
 
 def add_parsers(sub) -> None:
     fmt = FORMAT
-    p = sub.add_parser("detect", help="deepfake-detector benchmark: train, evaluate, cross-generator matrix, adversarial loop",
+    p = sub.add_parser("detect", help=COMMANDS["detect"][1],
                        description="Train real-vs-generated detectors on genlab's generators and benchmark them.",
                        epilog=DETECT_EXAMPLES, formatter_class=fmt)
     detect_sub = p.add_subparsers(dest="detect_command", metavar="ACTION", required=True)

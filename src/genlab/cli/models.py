@@ -13,7 +13,7 @@ from torchvision.utils import save_image
 from genlab import api
 from genlab.analysis import commands
 from genlab.analysis.reconstruct import UNITS
-from genlab.cli.common import CHECKPOINTS, FORMAT, add_common, check_output, positive, weights
+from genlab.cli.common import CHECKPOINTS, COMMANDS, FORMAT, add_common, check_output, positive, weights
 from genlab.cli.data import data_config
 from genlab.config import EvalSettings
 from genlab.distributed import resolve_device
@@ -73,7 +73,7 @@ def _metrics_help() -> str:
 def add_parsers(sub) -> None:
     fmt = FORMAT
     defaults = EvalSettings()
-    p = sub.add_parser("sample", help="generate images from a trained run", description="Generate images from a trained run.",
+    p = sub.add_parser("sample", help=COMMANDS["sample"][1], description="Generate images from a trained run.",
                        epilog=SAMPLE_EXAMPLES, formatter_class=fmt)
     p.add_argument("run", type=Path, metavar="RUN_DIR", help="run directory, or a checkpoint file")
     p.add_argument("overrides", nargs="*", metavar="sampler.key=value", help="sampler settings (default: the run's)")
@@ -87,7 +87,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     add_common(p)
 
-    p = sub.add_parser("reconstruct", help="reconstruct held-out images (families with an encoder)",
+    p = sub.add_parser("reconstruct", help=COMMANDS["reconstruct"][1],
                        description="Reconstruct held-out images with a trained model that has an encoder.",
                        epilog=RECONSTRUCT_EXAMPLES, formatter_class=fmt)
     p.add_argument("run", type=Path, metavar="RUN_DIR", help="run directory, or a checkpoint file")
@@ -102,7 +102,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     add_common(p)
 
-    p = sub.add_parser("eval", help="evaluate a run (or a folder of images) under one protocol",
+    p = sub.add_parser("eval", help=COMMANDS["eval"][1],
                        description="Evaluate a trained run, or any images against a data set, under one protocol.",
                        epilog=EVAL_EXAMPLES, formatter_class=fmt)
     p.add_argument("run", type=Path, nargs="?", metavar="RUN_DIR", help="run directory or checkpoint file")
@@ -130,7 +130,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--json", action="store_true", help="print only JSON on stdout")
     add_common(p)
 
-    p = sub.add_parser("summary", help="layers, output shapes, parameters and multiply-adds of a preset's or run's networks",
+    p = sub.add_parser("summary", help=COMMANDS["summary"][1],
                        description="Each network's layers, output shapes, parameters and multiply-adds per image (torchinfo).",
                        epilog=SUMMARY_EXAMPLES, formatter_class=fmt)
     p.add_argument("target", metavar="PRESET|RUN_DIR")

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from genlab import api, distributed
-from genlab.cli.common import FORMAT, add_common, positive
+from genlab.cli.common import COMMANDS, FORMAT, add_common, positive
 from genlab.config import config_to_yaml, load_preset, preset_names
 from genlab.errors import GenlabError
 from genlab.resolve import load_config
@@ -47,7 +47,7 @@ examples:
 
 def add_parsers(sub) -> None:
     fmt = FORMAT
-    p = sub.add_parser("train", help="train a model from a preset", description="Train a model from a preset.",
+    p = sub.add_parser("train", help=COMMANDS["train"][1], description="Train a model from a preset.",
                        epilog=TRAIN_EXAMPLES, formatter_class=fmt)
     p.add_argument("preset", nargs="?", help="preset name (see `genlab presets`) or path to a YAML file")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
@@ -60,7 +60,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--gpus", type=int, default=1, help="train on N GPUs of this machine with DDP (launches torchrun)")
     add_common(p)
 
-    p = sub.add_parser("presets", help="list the shipped presets", description="List the shipped presets, one line each.",
+    p = sub.add_parser("presets", help=COMMANDS["presets"][1], description="List the shipped presets, one line each.",
                        epilog=PRESETS_EXAMPLES, formatter_class=fmt)
     add_common(p, device=False)
 
