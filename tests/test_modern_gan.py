@@ -140,3 +140,21 @@ def test_the_sn_resnet_refuses_extra_blocks_and_the_latent_gan_refuses_rpgan():
     with pytest.raises(GenlabError, match="no real latents to pair"):
         load_config("tiny-hybrid", ["model.loss=rpgan"])
     assert F.softplus(torch.tensor(0.0)).item() == pytest.approx(math.log(2.0))
+
+
+def test_the_ema_half_life_rule_r3gan_keeps():
+    """StyleGAN2-ADA's EMA: decay 0.5 ** (batch / half-life), the half-life at most rampup x images seen."""
+    from genlab.train.ema import EMA
+
+    method, cfg = build("tiny-r3gan", shape=(1, 16, 16))
+    ema = EMA(method, 0.999, halflife_images=20_000, rampup=0.05, batch_size=64)
+    assert ema.current_decay() == 0.0  # nothing seen yet: the average is the weights
+    ema.updates = 10  # 640 images: half-life min(20000, 32)
+    assert ema.current_decay() == pytest.approx(0.5 ** (64 / 32))
+    ema.updates = 10_000  # 640,000 images: the ramp-up allows 32,000, the half-life caps at 20,000
+    assert ema.current_decay() == pytest.approx(0.5 ** (64 / 20_000))
+    assert load_config("r3gan-celeba64", ["data.root=x"]).train.ema_halflife_kimg == 20
+    with pytest.raises(GenlabError, match="set train.ema_halflife_kimg too"):
+        load_config("tiny-r3gan", ["train.ema_decay=0.9", "train.ema_rampup=0.05"])
+    with pytest.raises(GenlabError, match="train.ema_decay > 0 switches on"):
+        load_config("tiny-r3gan", ["train.ema_halflife_kimg=5"])

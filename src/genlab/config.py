@@ -125,6 +125,9 @@ class TrainConfig:
     compile_mode: str = "default"  # torch.compile mode; reduce-overhead adds CUDA graphs on CUDA
     ema_decay: float = 0.0  # exponential moving average of the family's ema_targets, used to sample; 0 = off
     ema_warmup: bool = True  # decay min(ema_decay, (1 + t) / (10 + t)) at update t, so early weights fade fast
+    ema_halflife_kimg: float = 0.0  # > 0: the EMA's half-life in thousands of training images instead of a fixed
+    #                                 decay (StyleGAN2-ADA's rule, which R3GAN keeps); ema_decay > 0 switches it on
+    ema_rampup: float = 0.0  # with a half-life: at most this fraction of the images seen so far (0 = no ramp-up)
     log_every: int = 20  # steps between reading losses back from the device (stats.jsonl, progress)
     on_divergence: str = "rollback"  # a non-finite loss or gradient norm: rollback (reload the last checkpoint with
     #                                  lower learning rates and go on) | stop (exit 1, keeping the last good checkpoint)

@@ -165,6 +165,12 @@ def validate_config(cfg: Config) -> None:
         check_positive(f"train.{key}", getattr(cfg.train, key), allow_zero=True)
     if not 0.0 <= cfg.train.ema_decay < 1.0:
         raise GenlabError(f"config key 'train.ema_decay' must be in [0, 1) (0 = off), got {cfg.train.ema_decay}")
+    check_positive("train.ema_halflife_kimg", cfg.train.ema_halflife_kimg, allow_zero=True)
+    check_positive("train.ema_rampup", cfg.train.ema_rampup, allow_zero=True)
+    if (cfg.train.ema_halflife_kimg or cfg.train.ema_rampup) and not cfg.train.ema_decay:
+        raise GenlabError("train.ema_halflife_kimg and train.ema_rampup shape an EMA that train.ema_decay > 0 switches on")
+    if cfg.train.ema_rampup and not cfg.train.ema_halflife_kimg:
+        raise GenlabError("train.ema_rampup ramps up a half-life: set train.ema_halflife_kimg too")
     if cfg.train.accumulate > cfg.train.batch_size:
         raise GenlabError(f"train.accumulate={cfg.train.accumulate} cuts a batch of {cfg.train.batch_size} into "
                           "more micro-batches than it has images")

@@ -23,8 +23,10 @@ from genlab.distributed import unwrap
 
 
 class EMA:
-    def __init__(self, method, decay: float, warmup: bool = True):
+    def __init__(self, method, decay: float, warmup: bool = True, halflife_images: float = 0.0, rampup: float = 0.0,
+                 batch_size: int = 1):
         self.decay, self.warmup, self.updates = decay, warmup, 0
+        self.halflife_images, self.rampup, self.batch_size = halflife_images, rampup, batch_size
         nets = method.networks()
         missing = [name for name in method.ema_targets if name not in nets]
         if missing:
@@ -33,6 +35,14 @@ class EMA:
         self.shadows = {name: copy.deepcopy(net).requires_grad_(False) for name, net in self.targets.items()}
 
     def current_decay(self) -> float:
+        if self.halflife_images:
+            # StyleGAN2-ADA's rule (Karras et al. 2020, training_loop.py), which R3GAN's code keeps: the
+            # average halves its weight on the past every `halflife` images, and the half-life is at
+            # most `rampup` of the images seen so far, so early weights fade fast
+            halflife = self.halflife_images
+            if self.rampup:
+                halflife = min(halflife, self.updates * self.batch_size * self.rampup)
+            return 0.5 ** (self.batch_size / max(halflife, 1e-8))
         if not self.warmup:
             return self.decay
         return min(self.decay, (1 + self.updates) / (10 + self.updates))

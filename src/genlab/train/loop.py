@@ -78,7 +78,8 @@ class Trainer:
         self.speed = plan_speed(cfg.train, device, dist.enabled)
         self._evaluator = None
         self._rollbacks_since_save = 0
-        self.ema = EMA(method, cfg.train.ema_decay, cfg.train.ema_warmup) if cfg.train.ema_decay > 0 else None
+        self.ema = (EMA(method, cfg.train.ema_decay, cfg.train.ema_warmup, cfg.train.ema_halflife_kimg * 1000,
+                        cfg.train.ema_rampup, self.batch_size) if cfg.train.ema_decay > 0 else None)
         if self.ema is not None and ema_state is not None:
             self.ema.load_state_dict(ema_state)
         self.means = RunningMeans(progress.epoch_sums, progress.epoch_counts)
