@@ -42,7 +42,7 @@ def add_parsers(sub) -> None:
         if action == "prepare":
             q.add_argument("--force", action="store_true", help="rebuild the cache even if it exists")
         add_common(q, device=False)
-    q = data_sub.add_parser("download", help=COMMANDS["download"][1],
+    q = data_sub.add_parser("download", help="download a data set from its official source",
                             description="Download a data set from its official source and verify checksums.",
                             epilog=DATA_EXAMPLES, formatter_class=fmt)
     q.add_argument("dataset", choices=sorted(DOWNLOADS))
