@@ -16,6 +16,7 @@ import logging
 from pathlib import Path
 
 import torch
+import yaml
 
 from genlab.analysis import commands as analyses
 from genlab.config import Config, DataConfig, EvalSettings
@@ -27,7 +28,7 @@ from genlab.metrics.evaluate import Evaluator
 from genlab.metrics.inputs import load_images
 from genlab.metrics.table import SAMPLE_METRICS, default_metrics, parse_metrics
 from genlab.report import write_report
-from genlab.resolve import load_config, with_evaluation_overrides, with_sampler_overrides
+from genlab.resolve import load_config, resolve_config, with_evaluation_overrides, with_sampler_overrides
 from genlab.train import session
 from genlab.train.checkpoint import LoadedModel, load_model, weights_description
 from genlab.train.rundir import record_evaluation
@@ -77,7 +78,8 @@ def resume(run_dir: Path | str, overrides: list[str] | None = None, device: str 
     """Continue a run from its last checkpoint; only keys in ``session.RESUMABLE_KEYS`` may change."""
     run_dir = Path(run_dir)
     session.resume_training(run_dir, list(overrides or []), _device(device), quiet, info, extend=_compose)
-    _after_training(session.resumed_config(run_dir), run_dir, info)
+    # the run's config.yaml holds what it resumed with (rewritten with the overrides): no second checkpoint load
+    _after_training(resolve_config(yaml.safe_load((run_dir / "config.yaml").read_text())), run_dir, info)
     return run_dir
 
 

@@ -76,7 +76,7 @@ def refit_prior(method: Method, code, images: torch.Tensor, components: int = 1)
     """Fit the density to ``code(x)`` of uint8 ``images`` (eval mode) into the decoder's buffers:
     a Gaussian, or a mixture of ``components`` Gaussians (seeded, so a resumed run refits the same)."""
     codes = codes_of(method, code, images)
-    decoder = unwrap(method.networks()["decoder"])
+    decoder = unwrap(method.decoder)
     if components == 1:
         mean, chol = fit_gaussian(codes)
         decoder.prior_mean.copy_(mean.float())
