@@ -117,11 +117,13 @@ def evaluate(run: Path | str, metrics: list[str] | None = None, settings: EvalSe
     metrics = parse_metrics(metrics) if metrics else default_metrics(type(method))
     step = payload["progress"]["step"]
     label = f"{cfg.method} {path.name} at step {step}, {weights_description(payload)}"
-    results, _ = Evaluator(build_dataset(cfg.data), cfg.data, settings, device).score_method(method, metrics, label)
+    evaluator = Evaluator(build_dataset(cfg.data), cfg.data, settings, device)
+    results, _ = evaluator.score_method(method, metrics, label)
+    split = evaluator.scored_split()
     for r in results.values():
-        r.update({"checkpoint": path.name, "step": step})
+        r.update({"checkpoint": path.name, "step": step, "split": split})
     if record and Path(run).is_dir():
-        record_evaluation(Path(run), results, step, path.name, weights_description(payload))
+        record_evaluation(Path(run), results, step, path.name, weights_description(payload), settings.split or "report")
     return results
 
 

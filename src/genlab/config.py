@@ -45,7 +45,7 @@ class EvalSettings:
 
     metrics: list[str] = field(default_factory=lambda: list(SAMPLE_METRICS))
     n: int = PROTOCOL_N  # generated images for the sample-based metrics
-    split: str | None = None  # reference split (default: train) / held-out split (default: test, else val)
+    split: str | None = None  # the real split scored: report (the default: test, else val), choice (val, else train), or a name
     extractor: str = DEFAULT_EXTRACTOR  # feature extractor of fid/kid/is/pr
     inception_weights: str | None = None  # a local copy of the Inception weights (offline machines)
     batch_size: int = 256  # images generated and featurised at once
@@ -86,7 +86,8 @@ class DataConfig:
     split: str = "auto"  # auto (official when the source has one, else random) | official | random
     val_fraction: float = 0.1  # validation share: of all images (random), or of the official train split
     #                            when the source has no official validation split (cifar10, folders)
-    test_fraction: float = 0.0  # test share of all images (random split only)
+    test_fraction: float = 0.1  # test share, the report split (`genlab eval`'s default): of all images (random), or
+    #                            of the official train split when the source has neither test nor validation images
     split_seed: int = 42  # seed of the split, independent of the training seed
     num_parts: int = 1  # seed 000's multi-split: cut the train split into this many equal disjoint parts
     part: int = 0  # which part this run trains on (seed 000's split_id), 0 <= part < num_parts
@@ -123,7 +124,8 @@ class TrainConfig:
     channels_last: bool = True  # NHWC memory layout for networks and batches on CUDA (faster convolutions)
     compile: bool = False  # torch.compile the networks; on failure: a warning and eager mode
     compile_mode: str = "default"  # torch.compile mode; reduce-overhead adds CUDA graphs on CUDA
-    ema_decay: float = 0.0  # exponential moving average of the family's ema_targets, used to sample; 0 = off
+    ema_decay: float = 0.0  # exponential moving average of the family's ema_targets, used to sample; 0 = off;
+    #                         one update per update of those networks (a GAN under n_critic: per G step)
     ema_warmup: bool = True  # decay min(ema_decay, (1 + t) / (10 + t)) at update t, so early weights fade fast
     ema_halflife_kimg: float = 0.0  # > 0: the EMA's half-life in thousands of training images instead of a fixed
     #                                 decay (StyleGAN2-ADA's rule, which R3GAN keeps); ema_decay > 0 switches it on

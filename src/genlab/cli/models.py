@@ -111,8 +111,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--metrics", default=None,
                    help=f"comma-separated (default: all the run's family can give, except ppl): {_metrics_help()}")
     p.add_argument("--n", type=int, default=defaults.n, help=f"generated images (default: {defaults.n}, the FID protocol)")
-    p.add_argument("--split", choices=("train", "val", "test"), default=None,
-                   help="reference split (default train) and held-out split for recon/bpd (default test, else val)")
+    p.add_argument("--split", choices=("report", "choice", "train", "val", "test"), default=None,
+                   help="the real split every metric uses (default: report, i.e. test, else val; choice = val, the split "
+                        "training chose best.pt on)")
     p.add_argument("--checkpoint", choices=CHECKPOINTS, default="last", help="which checkpoint of a run (default: last)")
     p.add_argument("--raw-weights", "--no-ema", action="store_true", help="the last iterate instead of the EMA weights")
     p.add_argument("--real", metavar="SOURCE", help="score --fake images against this data source or preset")

@@ -37,6 +37,7 @@ from genlab.io import fsync_dir, fsync_file
 log = logging.getLogger("genlab")
 
 CACHE_FORMAT = 2  # bump when the cache layout changes: older caches are then rebuilt (2: file checksums)
+REPORT_SPLIT_RULE = 1  # an official layout without test images gets a carved report split (genlab.data.splits)
 RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1}  # PIL.Image.Resampling values
 
 
@@ -53,6 +54,31 @@ class ImageSplits:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train.shape[1:])  # type: ignore[return-value]
 
+    def split(self, name: str) -> torch.Tensor | None:
+        """The images of ``name``: train, val, test, or the roles choice (validation, else train)
+        and report (test, else validation)."""
+        return {"train": self.train, "val": self.val, "test": self.test}[self.resolve_split(name)]
+
+    def has(self, name: str) -> bool:
+        images = {"train": self.train, "val": self.val, "test": self.test}[name]
+        return images is not None and len(images) > 0
+
+    def resolve_split(self, name: str) -> str:
+        """A split's name, with the roles resolved: *choice* is where early stopping, best.pt and a
+        sweep's best are decided (val; train when there is none), *report* is where the numbers that
+        are reported come from (test; val when there is none, with a warning: they then share images)."""
+        if name == "choice":
+            return "val" if self.has("val") else "train"
+        if name == "report":
+            if self.has("test"):
+                return "test"
+            log.warning("%s has no test split: reporting on %s, the split choices are made on (set data.test_fraction)",
+                        self.name, "val" if self.has("val") else "train")
+            return "val" if self.has("val") else "train"
+        if name not in SPLITS:
+            raise GenlabError(f"unknown split {name!r}; choose train, val, test, choice or report")
+        return name
+
 
 def cache_root(cfg: DataConfig) -> Path:
     return Path(cfg.cache_dir or os.environ.get("GENLAB_CACHE") or Path.home() / ".cache" / "genlab").expanduser()
@@ -65,6 +91,7 @@ def cache_key(cfg: DataConfig, catalog: Catalog) -> dict:
         "listing": catalog.fingerprint, "items": len(catalog), "split": cfg.split, "val_fraction": cfg.val_fraction,
         "test_fraction": cfg.test_fraction, "split_seed": cfg.split_seed, "crop": cfg.crop, "size": cfg.size,
         "resize_filter": cfg.resize_filter, "channels": cfg.channels, "limit": cfg.limit,
+        "report_split": REPORT_SPLIT_RULE,
     }
 
 

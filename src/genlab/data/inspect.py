@@ -13,7 +13,7 @@ from typing import Any
 
 from genlab.config import DataConfig
 from genlab.data.cache import CACHE_FORMAT, cache_path, decode_all, list_catalog, read_meta
-from genlab.data.splits import SPLITS, assign_splits
+from genlab.data.splits import SPLITS, assign_splits, carve_report_split
 
 SAMPLED_FILES = 50  # files decoded to report sizes and modes, spread over the listing
 
@@ -48,8 +48,9 @@ def inspect_source(cfg: DataConfig) -> dict[str, Any]:
         else:
             sizes[f"{raw.shape[1]}x{raw.shape[0]}"] += 1
             modes["L" if raw.ndim == 2 else "RGB"] += 1
+    carved = carve_report_split(list(catalog.official), catalog.keys, cfg) if scheme == "official" else None
     return {
-        "source": cfg.source, "root": cfg.root, "items": len(catalog), "notes": list(catalog.notes),
+        "source": cfg.source, "root": cfg.root, "items": len(catalog), "notes": list(catalog.notes), "carved": carved,
         "splits": counts, "unusable": unusable, "scheme": scheme, "split_seed": cfg.split_seed if seeded else None,
         "parts": cfg.num_parts, "part": cfg.part, "sizes": sizes.most_common(3), "modes": modes.most_common(),
         "unreadable_sampled": failed, "sampled": sum(sizes.values()) + failed,
@@ -65,6 +66,11 @@ def format_info(info: dict[str, Any]) -> str:
     lines += [f"note     {note}" for note in info["notes"]]
     seed = f", seed {info['split_seed']}" if info["split_seed"] is not None else ""
     lines.append(f"splits   {', '.join(f'{s} {n}' for s, n in info['splits'].items())} ({info['scheme']}{seed})")
+    lines.append("roles    val is the choice split (early stopping, best.pt, a sweep's best), test the report split "
+                 "(genlab eval's default)" if info["splits"].get("test") else
+                 "roles    no test split: genlab eval reports on val, the split choices are made on (set data.test_fraction)")
+    if info.get("carved"):
+        lines.append(f"report   test split carved out: {info['carved']}")
     if info["unusable"]:
         first, reason = info["unusable"][0]
         lines.append(f"unusable {len(info['unusable'])} files left out of the splits, as prepare does (first: {first}: {reason})")

@@ -34,21 +34,52 @@ def threshold_split(keys: list[str], val_fraction: float, test_fraction: float, 
     return out
 
 
-def ranked_holdout(keys: list[str], fraction: float, seed: int) -> set[int]:
+def ranked_holdout(keys: list[str], fraction: float, seed: int, salt: str = "split") -> set[int]:
     """Exactly round(len(keys) * fraction) items, those with the smallest hashes (for fixed sets such
     as CIFAR-10, where seed 003's 40k/10k/10k needs exact counts)."""
     n = int(round(len(keys) * fraction))
-    order = sorted(range(len(keys)), key=lambda i: hash_unit(keys[i], seed))
+    order = sorted(range(len(keys)), key=lambda i: hash_unit(keys[i], seed, salt))
     return set(order[:n])
 
 
+# The report split of an official layout without test images (the CelebA subset in ../shared/data
+# holds partitions 0 and 1 only): this share of the official validation images, those with the
+# smallest hash of (split seed, "report", key), becomes the test split; the rest stays validation.
+REPORT_SHARE_OF_VAL = 0.5
+
+
+def carve_report_split(names: list[str | None], keys: list[str], cfg: DataConfig) -> str | None:
+    """Give an official split without test images a report split (in place); returns how, or None
+    when the layout has its own test split or nothing can be carved."""
+    if "test" in names:
+        return None
+    val = [i for i, s in enumerate(names) if s == "val"]
+    if val:
+        for j in ranked_holdout([keys[i] for i in val], REPORT_SHARE_OF_VAL, cfg.split_seed, "report"):
+            names[val[j]] = "test"
+        return (f"no official test images: test = {REPORT_SHARE_OF_VAL:.0%} of the official validation images, "
+                f"chosen by a hash of each key (seed {cfg.split_seed})")
+    if cfg.test_fraction > 0:
+        train = [i for i, s in enumerate(names) if s == "train"]
+        for j in ranked_holdout([keys[i] for i in train], cfg.test_fraction, cfg.split_seed, "report"):
+            names[train[j]] = "test"
+        return (f"no official test images: test = {cfg.test_fraction:.0%} of the official training images, "
+                f"chosen by a hash of each key (seed {cfg.split_seed})")
+    return None
+
+
 def assign_splits(catalog: Catalog, cfg: DataConfig) -> dict[str, np.ndarray]:
-    """Indices of the catalog's items in each of train, val and test (before any multi-part cut)."""
+    """Indices of the catalog's items in each of train, val and test (before any multi-part cut).
+
+    Validation is the *choice* split (early stopping, best.pt, sweeps' best) and test the *report*
+    split (`genlab eval`'s default): an official layout without test images gets one carved out
+    (:func:`carve_report_split`), so choices and reported numbers never share images."""
     use_official = cfg.split == "official" or (cfg.split == "auto" and catalog.has_official_split)
     if cfg.split == "official" and not catalog.has_official_split:
         raise GenlabError(f"data.split=official: {catalog.name} has no official split; use data.split=random")
     if use_official:
         names = list(catalog.official)
+        carve_report_split(names, catalog.keys, cfg)
         if "val" not in names and cfg.val_fraction > 0:
             # No official validation split (CIFAR-10, train/test folders): hold out part of train.
             train = [i for i, s in enumerate(names) if s == "train"]

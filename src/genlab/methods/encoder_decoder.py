@@ -21,8 +21,12 @@ from genlab.errors import GenlabError
 from genlab.methods.abilities import Encoder, PosteriorEncoder
 from genlab.methods.base import Method
 from genlab.models.blocks import widths_for
+from genlab.data.subsets import subset_indices
 from genlab.models.latent_prior import add_prior_buffers, fit_gaussian, fit_mixture, from_prior, whiten
 from genlab.models.vae import ConvDecoder, ConvEncoder
+
+
+PRIOR_SUBSET_SEED = 0  # which training images a fitted prior sees: the same on every epoch and process
 
 
 @dataclass
@@ -34,7 +38,7 @@ class EncoderDecoderConfig:
     base_width: int = 32  # first width when `widths` is empty
     activation: str = "leaky_relu"  # relu | leaky_relu (slope 0.2)
     res_blocks: int = 0  # residual blocks after each up-sampling step of the decoder (0 = the seeds' plain decoder)
-    prior_images: int = 10_000  # a fitted prior: the training images whose codes it is fitted to, every epoch
+    prior_images: int = 10_000  # a fitted prior: how many training images (a fixed random subset) it is fitted to
     prior_components: int = 1  # a fitted prior: 1 full-covariance Gaussian, or a mixture of K (Ghosh et al. use 10)
 
     def validate_shared(self, prefix: str) -> None:
@@ -144,9 +148,12 @@ class EncoderDecoderMethod(Method, Encoder):
     @torch.no_grad()
     def fit_prior(self, train_images: torch.Tensor) -> None:
         """The sampling density (a Gaussian, or a mixture of ``model.prior_components``), refitted to
-        the codes of the first ``model.prior_images`` training images (eval mode, the current weights)."""
+        the codes of ``model.prior_images`` training images, a random subset fixed by PRIOR_SUBSET_SEED
+        (the split is stored sorted by key, by class for a folder source: its first images would be
+        one class), in eval mode with the current weights."""
         if self.prior_fitted():
-            refit_prior(self, self.code, train_images[: self.cfg.prior_images], self.cfg.prior_components)
+            index = subset_indices(len(train_images), self.cfg.prior_images, PRIOR_SUBSET_SEED).to(train_images.device)
+            refit_prior(self, self.code, train_images[index], self.cfg.prior_components)
 
     def prepare(self, train_images: torch.Tensor) -> None:
         self.fit_prior(train_images)  # so grids before the first epoch end decode codes of the right scale

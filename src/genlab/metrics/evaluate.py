@@ -20,6 +20,7 @@ from genlab import distributed
 from genlab.config import PROTOCOL_N, DataConfig, EvalSettings
 from genlab.data.cache import ImageSplits, cache_root
 from genlab.data.convert import bits_per_dim, dequantize, to_model_range, to_uint8
+from genlab.data.subsets import random_subset, subset_indices
 from genlab.distributed import SINGLE
 from genlab.errors import GenlabError
 from genlab.io import atomic_write
@@ -52,21 +53,23 @@ class Evaluator:
         self._extractor = None
 
     # -- real data ---------------------------------------------------------------------------
+    def scored_split(self) -> str:
+        """The real split every metric of this evaluation uses: ``settings.split`` (a role, choice or
+        report, or a split's name); by default the report split, apart from the one choices are made on."""
+        return self.data.resolve_split(self.s.split or "report")
+
     def split_images(self, split: str) -> torch.Tensor:
-        images = {"train": self.data.train, "val": self.data.val, "test": self.data.test}[split]
-        if images is None or len(images) == 0:
-            raise GenlabError(f"the {self.data.name} data has no {split} split here; choose --split "
-                              + " or ".join(s for s in ("train", "val", "test")
-                                            if getattr(self.data, s) is not None and len(getattr(self.data, s))))
-        return images
+        if not self.data.has(split):
+            have = [s for s in ("train", "val", "test") if self.data.has(s)]
+            raise GenlabError(f"the {self.data.name} data has no {split} split here; choose --split {' or '.join(have)}")
+        return self.data.split(split)
 
-    def reference_split(self) -> str:
-        return self.s.split or "train"
-
-    def heldout_split(self) -> str:
-        if self.s.split:
-            return self.s.split
-        return "test" if self.data.test is not None and len(self.data.test) else "val"
+    def held_out(self, n: int) -> tuple[torch.Tensor, str, str]:
+        """``n`` images of the scored split (a seeded random subset, or all of it; never its first n:
+        splits are stored in key order, which a folder source sorts by class), with their description."""
+        split = self.scored_split()
+        images, how = random_subset(self.split_images(split), n, self.s.seed, split)
+        return images, split, how
 
     def extractor(self):
         if self._extractor is None:
@@ -104,7 +107,7 @@ class Evaluator:
         """Sample-based metrics of uint8 ``fake`` images against the reference split (features of
         ``fake`` may be given, when other processes extracted them)."""
         results: dict[str, dict] = {}
-        split = self.reference_split()
+        split = self.scored_split()
         real = self.split_images(split)
         if fake.shape[1:] != real.shape[1:]:
             raise GenlabError(f"generated images are {tuple(fake.shape[1:])} but the {self.data.name} data is "
@@ -136,8 +139,7 @@ class Evaluator:
                     results[k] = {"value": out[k], "protocol": f"{protocol}, k={fidelity.PR_NEIGHBOURHOOD}"}
         if "swd" in metrics:
             n = min(len(fake), len(real), self.s.swd_images)
-            pick = torch.randperm(len(real), generator=torch.Generator().manual_seed(self.s.seed))[:n]
-            out = swd.sliced_wasserstein_distance(fake[:n], real[pick], seed=self.s.seed)
+            out = swd.sliced_wasserstein_distance(fake[:n], real[subset_indices(len(real), n, self.s.seed)], seed=self.s.seed)
             results["swd"] = {"value": out["swd"], "levels": out["swd_levels"], "protocol": (
                 f"{n} of {fake_label} vs {n} random of {real_desc} | Laplacian pyramid to {swd.MIN_LEVEL_SIZE}px, "
                 f"{swd.DESCRIPTORS_PER_IMAGE} 7x7 descriptors/image, {swd.DIRECTIONS} directions, x1e3, mean over levels")}
@@ -218,11 +220,11 @@ class Evaluator:
     def reconstruction(self, method) -> dict[str, dict]:
         if not isinstance(method, Reconstructs):
             raise GenlabError(f"reconstruction metrics need an encoder; method {method.name!r} has none")
-        split = self.heldout_split()
-        originals = self.split_images(split)[: self.s.n]
+        originals, split, how = self.held_out(self.s.n)
         recon = reconstruct_images(method, originals, self.device, self.s.batch_size)
         per_image = image.reconstruction_metrics(originals, recon)
-        protocol = (f"{len(originals)} images of {data_protocol(self.cfg, self.data.name, split, len(originals))}; "
+        protocol = (f"{len(originals)} images of {data_protocol(self.cfg, self.data.name, split, len(self.split_images(split)))}"
+                    f" ({how}); "
                     f"{(type(method).reconstruct.__doc__ or 'reconstruct').strip().splitlines()[0].rstrip('.')} "
                     "(the family's reconstruct), "
                     "quantised to uint8; [0,1] units")
@@ -230,19 +232,19 @@ class Evaluator:
         for name, values in per_image.items():
             detail = "SSIM 11x11 Gaussian window (torchmetrics)" if name == "ssim" else "PSNR data range 1" if name == "psnr" else "mean squared error"
             out[name] = {"value": values.mean().item(), "per_image": [round(v, 6) for v in values[:10].tolist()],
-                         "protocol": f"{protocol}; {detail}; per_image lists the first 10"}
+                         "protocol": f"{protocol}; {detail}; per_image lists the first 10 of the subset"}
         return out
 
     def bits_per_dim(self, method) -> dict[str, dict]:
         """-log2 p(x) / D on held-out images, with uniform dequantisation (genlab.data.convert): an
         upper bound on the discrete model's bits per dimension, exact or bounded as the family says."""
-        split = self.heldout_split()
-        images = self.split_images(split)[: self.s.n]
+        images, split, chosen = self.held_out(self.s.n)
         generator = torch.Generator().manual_seed(self.s.seed)
         d = images[0].numel()
         total, how = [], ""
+        calibration, _ = random_subset(self.split_images("train"), self.s.likelihood_calibration, self.s.seed, "train")
         with method.evaluating():
-            method.fit_likelihood(to_model_range(self.split_images("train")[: self.s.likelihood_calibration]).to(self.device))
+            method.fit_likelihood(to_model_range(calibration).to(self.device))
             for i in range(0, len(images), self.s.batch_size):
                 x = images[i : i + self.s.batch_size]
                 x_model = dequantize(x, torch.rand(x.shape, generator=generator)).to(self.device)
@@ -250,8 +252,8 @@ class Evaluator:
                 total.append(bits_per_dim(log_p.cpu(), d))
         bpd = torch.cat(total)
         return {"bpd": {"value": bpd.mean().item(), "protocol": (
-            f"{len(images)} images of {data_protocol(self.cfg, self.data.name, split, len(images))}; "
-            f"uniform dequantisation (one draw, seed {self.s.seed}), 8-bit, bits on the [0,255] scale; {how}")}}
+            f"{len(images)} images of {data_protocol(self.cfg, self.data.name, split, len(self.split_images(split)))} "
+            f"({chosen}); uniform dequantisation (one draw, seed {self.s.seed}), 8-bit, bits on the [0,255] scale; {how}")}}
 
 
 def reconstruct_images(method, originals: torch.Tensor, device: torch.device, batch_size: int = 256) -> torch.Tensor:

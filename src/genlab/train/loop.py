@@ -247,8 +247,9 @@ class Trainer:
         flat values for the epoch record and early stopping, and the full results with protocols."""
         e = self.cfg.eval
         if self._evaluator is None:
+            # on the choice split: early stopping and best.pt are decided here, numbers reported on another
             settings = EvalSettings(metrics=e.metrics, n=e.n, extractor=e.extractor, inception_weights=e.inception_weights,
-                                    seed=self.cfg.train.sample_seed)
+                                    seed=self.cfg.train.sample_seed, split=self.data.resolve_split("choice"))
             self._evaluator = Evaluator(self.data, self.cfg.data, settings, self.device)
         start = time.perf_counter()
         devices = [self.device] if self.device.type == "cuda" else []
@@ -344,7 +345,7 @@ class Trainer:
                 stats = self.method.run_step(x, p.step)
         except OUT_OF_MEMORY as e:
             raise GenlabError(self._out_of_memory_message()) from e
-        if self.ema is not None:
+        if self.ema is not None and self.method.averaged_networks_updated(p.step):
             self.ema.update()
         self.means.add(stats)
         self.guard.observe(stats)  # accumulated on the device; read with the losses

@@ -187,15 +187,20 @@ def update_json(path: Path, updates: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"), "file")
 
 
-def record_evaluation(run_dir: Path, results: dict[str, dict], step: int, checkpoint: str, weights: str) -> None:
-    """An evaluation of a run's checkpoint, kept twice: the latest value per metric in metrics.json,
+def record_evaluation(run_dir: Path, results: dict[str, dict], step: int, checkpoint: str, weights: str,
+                      split: str) -> None:
+    """An evaluation of a run's checkpoint, kept twice: the latest value per metric in metrics.json
+    (``eval``, and in ``eval_by_split`` under the split as asked, a role such as choice or report or a
+    split's name: a sweep chooses on one and reports another),
     and every evaluation, appended with its step and protocols, in stats.jsonl (the history that a
     report compares checkpoints from)."""
     metrics_file = run_dir / "metrics.json"
-    existing = json.loads(metrics_file.read_text()).get("eval", {}) if metrics_file.exists() else {}
-    update_json(metrics_file, {"eval": existing | results})
+    summary = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    by_split = summary.get("eval_by_split") or {}
+    by_split[split] = (by_split.get(split) or {}) | results
+    update_json(metrics_file, {"eval": (summary.get("eval") or {}) | results, "eval_by_split": by_split})
     record = {"kind": "eval", "step": step, "source": "genlab eval", "checkpoint": checkpoint, "weights": weights,
-              "results": results}
+              "split": split, "results": results}
     with open(run_dir / "stats.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
 
