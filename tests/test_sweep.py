@@ -52,22 +52,32 @@ def test_local_sweep_end_to_end_then_resume_keeps_finished_runs(tmp_path, cli):
     manifest = json.loads((out / "sweep.json").read_text())
     assert [r["status"] for r in manifest["runs"]] == ["finished", "finished"]
     results = json.loads((out / "results.json").read_text())
+    choice = {}
     for point in results["points"]:
         (run,) = [r for r in manifest["runs"] if r["point"] == point["point"]]
-        swd = json.loads((out / "runs" / run["name"] / "metrics.json").read_text())["eval"]["swd"]["value"]
-        assert point["stats"]["swd"] == {"mean": swd, "min": swd, "max": swd, "n": 1}
+        by_split = json.loads((out / "runs" / run["name"] / "metrics.json").read_text())["eval_by_split"]
+        report, chosen_on = by_split["report"]["swd"], by_split["choice"]["swd"]
+        assert report["split"] == "test" and chosen_on["split"] == "val"  # decided on one, reported on the other
+        assert point["stats"]["swd"] | {} == {"mean": report["value"], "min": report["value"], "max": report["value"],
+                                            "n": 1, "std": None, "half_width": None, "low": None, "high": None,
+                                            "confidence": 0.95}
+        choice[point["label"]] = chosen_on["value"]
+    selection = results["selection"]["swd"]
+    assert selection["chosen"] == min(choice, key=choice.get)
+    assert sorted(selection["marks"].values()) == ["1 seed: no interval", "chosen"]
+    assert "(1 seed)" in stdout and "[chosen]" in stdout
     assert (out / "sweep.png").stat().st_size > 0 and "Sweep s" in (out / "report.html").read_text()
-    # Interrupted: one run lost its evaluation. --resume redoes only that one.
+    # Interrupted: one run lost its report-split evaluation. --resume redoes only that one.
     first, second = manifest["runs"]
     kept = (out / "runs" / first["name"] / "checkpoints" / "last.pt").stat().st_mtime_ns
     metrics = out / "runs" / second["name"] / "metrics.json"
     summary = json.loads(metrics.read_text())
-    del summary["eval"]
+    del summary["eval_by_split"]["report"]
     metrics.write_text(json.dumps(summary))
     code, stdout, err = cli("sweep", "--resume", out)
     assert code == 0, err
     assert (out / "runs" / first["name"] / "checkpoints" / "last.pt").stat().st_mtime_ns == kept
-    assert "swd" in json.loads(metrics.read_text())["eval"]
+    assert "swd" in json.loads(metrics.read_text())["eval_by_split"]["report"]
     assert "2 of 2 runs finished" in stdout
 
 
@@ -79,6 +89,7 @@ def test_the_ray_runner_runs_a_sweep_on_a_local_instance(tmp_path):
     assert results["finished"] == results["total"] == 2
     (point,) = results["points"]
     assert point["n"] == 2 and point["stats"]["swd"]["min"] <= point["stats"]["swd"]["mean"] <= point["stats"]["swd"]["max"]
+    assert point["stats"]["swd"]["half_width"] > 0  # two seeds: an interval
 
 
 class _StopsAfterOne(LocalRunner):

@@ -7,6 +7,7 @@ from pathlib import Path
 from genlab import sweep
 from genlab.cli.common import COMMANDS, FORMAT, add_common, positive
 from genlab.errors import GenlabError
+from genlab.metrics.spread import format_interval
 from genlab.report import write_report
 from genlab.sweep.runners import LocalRunner, RayRunner
 
@@ -109,9 +110,14 @@ def cmd_sweep(args) -> int:
         results = sweep.start(spec, folder, runner, args.device)
     report = write_report([folder], folder / "report.html", force=True)
     print(f"{results['finished']} of {results['total']} runs finished")
+    print(f"report split, {results['interval']}; chosen on the choice split:")
     for point in results["points"]:
-        shown = ", ".join(f"{m} {s['mean']:.4g} [{s['min']:.4g}, {s['max']:.4g}]" for m, s in point["stats"].items())
+        shown = ", ".join(f"{m} {format_interval(s)}" + _mark(results, m, point["label"]) for m, s in point["stats"].items())
         print(f"  {point['label']:<40} {shown or '(no numbers)'}")
     print(f"wrote {folder / 'results.json'}, {folder / 'sweep.png'} and {report}")
     return 0 if results["finished"] == results["total"] else 1
 
+
+def _mark(results: dict, metric: str, label: str) -> str:
+    mark = (results["selection"].get(metric) or {}).get("marks", {}).get(label)
+    return f" [{mark}]" if mark else ""

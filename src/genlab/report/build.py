@@ -6,7 +6,8 @@ training, and the analyses in its ``analysis/`` folder. A section whose artefact
 replaced by a line saying so. Several runs get a comparison table (rows = runs, columns =
 metrics) in which a number measured under another protocol than the column's first (another data
 set or split, sample count or feature extractor) is flagged next to it rather than silently
-compared, curves overlaid on shared axes, and grids side by side at the epochs they share.
+compared, a table over seeds (runs that differ only in ``train.seed`` as one row: mean and 95%
+t-interval, differences whose intervals overlap marked as within noise), curves overlaid on shared axes, and grids side by side at the epochs they share.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from genlab.analysis.curves import curves_figure
 from genlab.analysis.timeline import epoch_grids
 from genlab.errors import GenlabError
 from genlab.io import atomic_write
+from genlab.metrics.spread import interval, rank_within_noise
+from genlab.metrics.table import HIGHER_IS_BETTER
 
 IN_PROGRESS_STOPS = (None, "SIGTERM", "SIGINT")
 
@@ -137,11 +140,54 @@ def collect_run(run: Path) -> dict:
     return {
         "name": run.name, "path": str(run), "method": config.get("method", "?"), "preset": config.get("name", "?"),
         "data": f"{data.get('source')} {data.get('size')}x{data.get('size')}, {data.get('channels')} ch",
-        "config": config_text, "status": status, "in_progress": train is None or stopped in IN_PROGRESS_STOPS,
+        "config": config_text, "config_tree": config, "status": status, "in_progress": train is None or stopped in IN_PROGRESS_STOPS,
         "train": train or {}, "eval": evals, "analyses": analyses, "samples": samples, "reconstructions": recons,
         "last_samples": last.get("samples"), "last_reconstructions": last.get("reconstructions"),
         "has_stats": (run / "stats.jsonl").is_file(),
     }
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v, sort_keys=True)
+    return out
+
+
+SEED_KEYS = ("train.seed",)  # what may differ between runs of one configuration
+
+
+def seed_groups(infos: list[dict], rows: list[dict], metrics: list[str]) -> list[dict]:
+    """Runs whose configs differ only in the training seed, as one row each: per metric the mean and
+    95% t-interval over their seeds ("1 seed" alone), marked against the best row's interval
+    (overlapping: within noise). Numbers measured under another protocol are left out of a mean."""
+    groups: dict[str, dict] = {}
+    for info, row in zip(infos, rows):
+        flat = _flat(info["config_tree"])
+        key = json.dumps({k: v for k, v in flat.items() if k not in SEED_KEYS}, sort_keys=True)
+        group = groups.setdefault(key, {"flat": flat, "runs": [], "seeds": [], "values": {}})
+        group["runs"].append(info["name"])
+        group["seeds"].append(flat.get("train.seed", "?"))
+        for m in metrics:
+            cell = row["cells"].get(m)
+            if cell is not None and not cell.get("mismatch"):
+                group["values"].setdefault(m, []).append(cell["value"])
+    varying = sorted({k for g in groups.values() for k in g["flat"] if k not in SEED_KEYS
+                      and len({h["flat"].get(k) for h in groups.values()}) > 1})
+    out = []
+    for group in groups.values():
+        label = ", ".join(f"{k}={group['flat'].get(k, '–')}" for k in varying[:4]) or group["flat"].get("name", "runs")
+        out.append({"label": label + (" …" if len(varying) > 4 else ""), "runs": group["runs"], "seeds": group["seeds"],
+                    "spread": {m: interval(v) for m, v in group["values"].items()}, "marks": {}})
+    for m in metrics:
+        _, marks = rank_within_noise({i: g["spread"][m] for i, g in enumerate(out) if m in g["spread"]},
+                                     m in HIGHER_IS_BETTER)
+        for i, mark in marks.items():
+            out[i]["marks"][m] = mark
+    return out
 
 
 def curves_uri(runs: dict[str, Path]) -> tuple[str | None, str]:
@@ -214,6 +260,7 @@ def build_report(paths: list[Path], title: str | None = None) -> str:
              "steps": info["train"].get("steps"), "best": info["train"].get("best_monitored"),
              "monitor": info["train"].get("monitor"), "time": info["train"].get("train_time_s")} for info in runs]
     flag_mismatches(rows, metrics)
+    groups = seed_groups(runs, rows, metrics) if len(runs) > 1 else []
     curves, curves_note = (curves_uri({i["name"]: Path(i["path"]) for i in runs if i["has_stats"]})
                            if any(i["has_stats"] for i in runs) else (None, "no stats.jsonl in these runs"))
     sample_rows, samples_note = grid_rows(runs, "samples") if runs else ([], "")
@@ -226,7 +273,7 @@ def build_report(paths: list[Path], title: str | None = None) -> str:
     return template.render(
         title=title or ("genlab report: " + ", ".join(names[:4]) + (" …" if len(names) > 4 else "")),
         generated=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        version=genlab.__version__, runs=runs, rows=rows, metrics=metrics, curves=curves, curves_note=curves_note,
+        version=genlab.__version__, runs=runs, rows=rows, groups=groups, metrics=metrics, curves=curves, curves_note=curves_note,
         sample_rows=sample_rows, samples_note=samples_note, recon_rows=recon_rows, recon_note=recon_note,
         sweeps=sweeps, matrices=matrices, escape=html.escape)
 
@@ -251,7 +298,8 @@ def sweep_report_data(folder: Path) -> dict:
     results = sweep.summarize(folder)
     chart_png = folder / "sweep.png"
     return {"name": folder.name, "preset": manifest["preset"], "grid": manifest["grid"], "seeds": manifest["seeds"],
-            "metrics": results["metrics"], "points": results["points"], "done": results["finished"],
+            "metrics": results["metrics"], "points": results["points"], "selection": results["selection"],
+            "done": results["finished"],
             "total": results["total"], "protocol": results["example_protocol"],
             "chart": data_uri(chart_png) if chart_png.is_file() else None,
             "chart_note": "no run has numbers yet",

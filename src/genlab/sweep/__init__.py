@@ -25,7 +25,8 @@ import yaml
 from genlab.analysis.common import pyplot
 from genlab.errors import GenlabError
 from genlab.io import atomic_write
-from genlab.metrics.table import METRICS, parse_metrics
+from genlab.metrics.spread import CONFIDENCE, interval, overlaps, rank_within_noise
+from genlab.metrics.table import HIGHER_IS_BETTER, METRICS, parse_metrics
 from genlab.resolve import load_config
 from genlab.train.rundir import training_finished
 
@@ -145,22 +146,30 @@ def read_manifest(folder: Path) -> dict:
 
 
 def run_finished(run_dir: Path, metrics: list[str]) -> bool:
-    """Trained to its end (not stopped by a signal) and evaluated on every sweep metric."""
+    """Trained to its end (not stopped by a signal) and evaluated on every sweep metric, on both the
+    choice split and the report split."""
     if not training_finished(run_dir):
         return False
     summary = json.loads((Path(run_dir) / "metrics.json").read_text())
-
     wanted = {r for m in metrics for r in METRICS.get(m).results}
-    return wanted <= set(summary.get("eval") or {})
+    by_split = summary.get("eval_by_split") or {}
+    return all(wanted <= set(by_split.get(role) or {}) for role in SPLIT_ROLES)
+
+
+# A sweep decides on the choice split (validation) and reports the report split (test): a point
+# picked as best on the numbers it is then reported with would carry the selection's luck.
+SPLIT_ROLES = ("choice", "report")
 
 
 def job_commands(entry: dict, manifest: dict, run_dir: Path, device: str) -> list[list[str]]:
-    """The `genlab train --run-dir` and `genlab eval` command lines of one run."""
+    """The `genlab train --run-dir` command line of one run and its `genlab eval` on each split role."""
     train = [sys.executable, "-m", "genlab", "train", manifest["preset"], *entry["overrides"], "--run-dir", str(run_dir),
              "--quiet", "--device", device]
-    evaluate = [sys.executable, "-m", "genlab", "eval", str(run_dir), "--metrics", ",".join(manifest["metrics"]),
-                "--n", str(manifest["eval_n"]), "--device", device, "--json"]
-    return [train, evaluate] if manifest["metrics"] else [train]
+    if not manifest["metrics"]:
+        return [train]
+    return [train, *([sys.executable, "-m", "genlab", "eval", str(run_dir), "--metrics", ",".join(manifest["metrics"]),
+                      "--n", str(manifest["eval_n"]), "--split", role, "--device", device, "--json"]
+                     for role in SPLIT_ROLES)]
 
 
 def start(spec: SweepSpec, folder: Path, runner, device: str = "auto") -> dict:
@@ -211,49 +220,74 @@ def execute(folder: Path, runner) -> dict:
 
 
 # -- results -----------------------------------------------------------------------------------------
-def run_values(run_dir: Path, metrics: list[str]) -> dict[str, float]:
-    """A run's numbers: its evaluated metrics and its best validation loss (where it has one)."""
+def run_values(run_dir: Path, role: str = "report") -> dict[str, float]:
+    """A run's numbers on one split role (its `genlab eval` results there) and, on the choice split,
+    its best validation loss (where it has one)."""
     try:
         summary = json.loads((Path(run_dir) / "metrics.json").read_text())
     except (OSError, ValueError):
         return {}
-    out = {k: v["value"] for k, v in (summary.get("eval") or {}).items()
-           if isinstance(v, dict) and isinstance(v.get("value"), (int, float))}
+    results = (summary.get("eval_by_split") or {}).get(role) or {}
+    out = {k: v["value"] for k, v in results.items() if isinstance(v, dict) and isinstance(v.get("value"), (int, float))}
     train = summary.get("train") or {}
-    if train.get("monitor") == "val_loss" and isinstance(train.get("best_monitored"), (int, float)):
+    if role == "choice" and train.get("monitor") == "val_loss" and isinstance(train.get("best_monitored"), (int, float)):
         out["best_val_loss"] = train["best_monitored"]
     return out
 
 
+def _protocol(run_dir: Path, role: str) -> str:
+    try:
+        evals = (json.loads((run_dir / "metrics.json").read_text()).get("eval_by_split") or {}).get(role) or {}
+    except (OSError, ValueError):
+        return ""
+    return next((r.get("protocol", "") for r in evals.values() if isinstance(r, dict)), "")
+
+
 def summarize(folder: Path) -> dict:
-    """Per grid point, each metric's mean, min and max over its seeds; ``results.json`` and the
-    chart ``sweep.png`` (each metric against each swept key)."""
+    """Per grid point and split role, each metric's mean, 95% t-interval, min and max over its
+    seeds; per metric the point chosen on the choice split, with every point's report-split
+    interval marked against the chosen one's; ``results.json`` and the chart ``sweep.png``."""
     folder = Path(folder)
     manifest = read_manifest(folder)
     points: dict[str, dict] = {}
-    protocol = ""
+    protocols = {role: "" for role in SPLIT_ROLES}
     for entry in manifest["runs"]:
         run_dir = Path(entry.get("run_dir") or folder / "runs" / entry["name"])
-        values = run_values(run_dir, manifest["metrics"])
         label = ", ".join(f"{k}={json.dumps(v)}" for k, v in entry["point"].items()) or "base"
-        point = points.setdefault(label, {"label": label, "point": entry["point"], "values": {}, "seeds": []})
-        if values:
-            point["seeds"].append(entry["seed"])
+        point = points.setdefault(label, {"label": label, "point": entry["point"], "seeds": [],
+                                          "values": {role: {} for role in SPLIT_ROLES}})
+        for role in SPLIT_ROLES:
+            values = run_values(run_dir, role)
+            if role == "report" and values:
+                point["seeds"].append(entry["seed"])
             for k, v in values.items():
-                point["values"].setdefault(k, []).append(v)
-        if not protocol and values:
-            try:
-                evals = json.loads((run_dir / "metrics.json").read_text()).get("eval", {})
-                protocol = next((r.get("protocol", "") for r in evals.values() if isinstance(r, dict)), "")
-            except (OSError, ValueError):
-                pass
+                point["values"][role].setdefault(k, []).append(v)
+            if values and not protocols[role]:
+                protocols[role] = _protocol(run_dir, role)
     for point in points.values():
-        point["stats"] = {k: {"mean": sum(v) / len(v), "min": min(v), "max": max(v), "n": len(v)}
-                          for k, v in point["values"].items()}
+        point["spread"] = {role: {k: interval(v) | {"min": min(v), "max": max(v)} for k, v in point["values"][role].items()}
+                           for role in SPLIT_ROLES}
+        point["stats"] = point["spread"]["report"]  # the reported numbers
         point["n"] = len(point["seeds"])
     metrics = sorted({k for p in points.values() for k in p["stats"]})
+    selection = {}
+    for metric in sorted({k for p in points.values() for k in p["spread"]["choice"]}):
+        higher = metric in HIGHER_IS_BETTER
+        chosen, _ = rank_within_noise({p["label"]: p["spread"]["choice"][metric] for p in points.values()
+                                       if metric in p["spread"]["choice"]}, higher)
+        report = {p["label"]: p["stats"][metric] for p in points.values() if metric in p["stats"]}
+        if chosen not in report:
+            continue
+        marks = {label: "chosen" if label == chosen else
+                 ("1 seed: no interval" if overlaps(s, report[chosen]) is None else
+                  "within noise" if overlaps(s, report[chosen]) else
+                  "better" if (s["mean"] > report[chosen]["mean"]) == higher else "worse")
+                 for label, s in report.items()}
+        selection[metric] = {"chosen": chosen, "higher_is_better": higher, "marks": marks}
     results = {"preset": manifest["preset"], "grid": manifest["grid"], "seeds": manifest["seeds"], "metrics": metrics,
-               "points": list(points.values()), "example_protocol": protocol,
+               "points": list(points.values()), "selection": selection,
+               "protocols": protocols, "example_protocol": protocols["report"],
+               "interval": f"mean ± half-width of the {CONFIDENCE:.0%} Student-t interval over seeds",
                "finished": sum(e["status"] == "finished" for e in manifest["runs"]), "total": len(manifest["runs"])}
     atomic_write(folder / "results.json", lambda tmp: tmp.write_text(json.dumps(results, indent=2) + "\n"), "file")
     fig = chart(results)
@@ -264,8 +298,9 @@ def summarize(folder: Path) -> dict:
 
 
 def chart(results: dict):
-    """One panel per (metric, swept key): the metric's mean over seeds against the key's values,
-    one line per combination of the other keys, min-max as error bars."""
+    """One panel per (metric, swept key): the metric's mean over seeds on the report split against
+    the key's values, one line per combination of the other keys, the 95% t-interval as error bars
+    (none with one seed)."""
     keys, metrics = list(results["grid"]), [m for m in results["metrics"]]
     if not metrics:
         return None
@@ -290,9 +325,8 @@ def chart(results: dict):
                 numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
                 positions = xs if numeric else list(range(len(xs)))
                 means = [p["stats"][metric]["mean"] for p in pts]
-                low = [m - p["stats"][metric]["min"] for m, p in zip(means, pts)]
-                high = [p["stats"][metric]["max"] - m for m, p in zip(means, pts)]
-                ax.errorbar(positions, means, yerr=[low, high], marker="o", capsize=4, label=rest or None)
+                half = [p["stats"][metric]["half_width"] or 0.0 for p in pts]
+                ax.errorbar(positions, means, yerr=half, marker="o", capsize=4, label=rest or None)
                 if not numeric:
                     ax.set_xticks(positions, [str(x) for x in xs])
                 elif len(xs) > 1 and min(xs) > 0 and max(xs) / min(xs) >= 20:
@@ -302,6 +336,7 @@ def chart(results: dict):
             ax.grid(alpha=0.3)
             if any(ax.get_legend_handles_labels()[1]):
                 ax.legend(fontsize=7)
-    fig.suptitle(f"{results['preset']}: mean over seeds {results['seeds']}, bars min–max", fontsize=10)
+    fig.suptitle(f"{results['preset']}: report split, mean over seeds {results['seeds']}, bars 95% t-interval",
+                 fontsize=10)
     fig.tight_layout()
     return fig
