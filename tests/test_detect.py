@@ -28,7 +28,7 @@ from genlab.train.checkpoint import load_checkpoint
 
 CPU = torch.device("cpu")
 # A detector on the embedded digits at the tiny generators' 16x16 grayscale, seconds on a CPU.
-DIGITS = ["data.limit=400", "data.val_fraction=0.25", "model.fake_n=256", "model.val_fake_n=64", "model.width=8",
+DIGITS = ["data.limit=400", "data.val_fraction=0.25", "data.test_fraction=0.25", "model.fake_n=256", "model.val_fake_n=64", "model.width=8",
           "train.epochs=2", "train.batch_size=32", "train.log_every=4", "train.patience=null"]
 
 
@@ -203,7 +203,8 @@ def test_detect_train_eval_loop_from_the_cli(tmp_path, generators, cli, monkeypa
     report = json.loads((tmp_path / "r.json").read_text())
     row = report["results"]["tiny-dcgan-digits"]
     assert row["n_real"] == row["n_fake"] == 50 and 0 <= row["auc"] <= 1 and set(row["laundered"]) == set(LAUNDERING)
-    assert "tiny-dcgan-digits" in out and "val split of digits" in out
+    assert "tiny-dcgan-digits" in out and "50 random of" in out and " test (seed 1000000) images of digits" in out
+    assert "re-encoded as JPEG quality 75" in out
     code, out, err = cli("detect", "loop", "--real", "digits", "--fake", gan, "--rounds", "1", "--out", "loop",
                          "--swd-n", "64", "--n", "50", *DIGITS, "--quiet")
     assert code == 0, err
@@ -234,7 +235,7 @@ def test_detect_refuses_bad_input_with_one_line(tmp_path, generators, cli, monke
     code, _, err = cli("detect", "eval", gan, "--fake", gan)
     assert code == 2 and "is a 'gan' run; a detector run" in err
     code, _, err = cli("detect", "eval", tmp_path / "det", "--fake", gan, "--n", "5000")
-    assert code == 2 and re.search(r"--n 5000: the val split of digits has \d+ images; ask for at most", err)
+    assert code == 2 and re.search(r"--n 5000: the test split of digits has \d+ images; ask for at most", err)
     np.savez(tmp_path / "float.npz", images=np.zeros((4, 1, 16, 16), np.float32))
     np.savez(tmp_path / "flat.npz", images=np.zeros((4, 16, 16), np.uint8))
     for bad, words in (("float.npz", "must be uint8 (N, C, H, W)"), ("flat.npz", "must be (N, C, H, W)")):
@@ -261,3 +262,51 @@ def test_each_detector_architecture_gives_one_logit_per_image_and_learns(arch, g
     x = torch.rand(8, 1, 16, 16) * 2 - 1
     losses = [method.run_step(x, step)["loss"].item() for step in range(4)]
     assert losses[-1] < losses[0]
+
+
+# -- format parity ---------------------------------------------------------------------------------
+def test_every_detector_input_real_or_fake_passes_through_one_encoding(tmp_path, generators):
+    cfg = bench.detector_config("digits", [str(generators["gan"])], DIGITS)
+    assert cfg.model.encoding == "jpeg75"
+    detector = build_method(cfg, (1, 16, 16), CPU)
+    images = torch.randint(0, 256, (12, 1, 16, 16), dtype=torch.uint8)
+    assert torch.equal(detector.encode_input(images), jpeg(images, 75))
+    # training: the pooled fakes and each real batch
+    detector.draw_pools()
+    raw = load_fake_source(generators["gan"], CPU).draw(cfg.model.fake_n, cfg.model.fake_seed)
+    assert torch.equal(detector.train_fakes, jpeg(raw, 75))
+    x = images.float() / 127.5 - 1
+    assert torch.equal(detector._encoded_batch(x), jpeg(images, 75).float() / 127.5 - 1)
+    # evaluation: scores of raw images are the scores of their encoded copies without an encoding
+    plain = build_method(bench.detector_config("digits", [str(generators["gan"])], DIGITS + ["model.encoding=none"]),
+                         (1, 16, 16), CPU)
+    plain.classifier.load_state_dict(detector.classifier.state_dict())
+    from genlab.detect.evaluate import detector_scores
+
+    assert torch.equal(detector_scores(detector, images), detector_scores(plain, jpeg(images, 75)))
+    assert not torch.equal(detector_scores(plain, images), detector_scores(detector, images))
+    with pytest.raises(GenlabError, match="'model.encoding': 'png' is not an encoding"):
+        bench.detector_config("digits", [str(generators["gan"])], DIGITS + ["model.encoding=png"])
+
+
+def test_control_fakes_are_the_real_images_re_encoded_seed_for_seed(tmp_path):
+    data_cfg = load_config("detector", ["data.source=digits", "data.limit=400", "data.val_fraction=0.25",
+                                        "data.test_fraction=0.25", "data.size=16", "data.channels=1"]).data
+    info = bench.write_control_fakes(data_cfg, tmp_path / "c.npz", n=40, quality=50)
+    source = load_fake_source(tmp_path / "c.npz", CPU)
+    data = build_dataset(data_cfg)
+    assert info["images"] == len(data.train) + len(data.val) + 40
+    assert torch.equal(source.draw(len(data.train), 0), jpeg(data.train, 50))
+    assert torch.equal(source.draw(5, VAL_SEED), jpeg(data.val[:5], 50))
+    evaluated, how = bench.held_out_real(data, None, 40, EVAL_SEED)
+    assert torch.equal(source.draw(40, EVAL_SEED), jpeg(evaluated, 50)) and "40 random of" in how
+
+
+def test_auc_bootstrap_interval_holds_chance_for_one_distribution_and_not_for_two():
+    from genlab.detect.scores import auc_interval
+
+    g = torch.Generator().manual_seed(0)
+    same = auc_interval(torch.rand(400, generator=g), torch.rand(400, generator=g), resamples=300)
+    apart = auc_interval(torch.rand(400, generator=g), torch.rand(400, generator=g) + 0.5, resamples=300)
+    assert same[0] <= 0.5 <= same[1] and same[1] - same[0] < 0.12
+    assert apart[0] > 0.8

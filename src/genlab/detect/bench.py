@@ -5,8 +5,8 @@ like any other.
 
 Seeds: a detector trains on fakes of seeds 0.. (``model.fake_seed``), validates on seeds from
 ``VAL_SEED`` and is evaluated on fresh seeds from ``EVAL_SEED`` (see :mod:`genlab.detect.fakes`);
-real images for evaluation come from the held-out split (test, else val) of the real source, never
-the split the detector trained on.
+real images for evaluation are a seeded random subset of the report split (test, else val) of the
+real source, never the split the detector trained on.
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ from genlab.analysis.common import pyplot
 from genlab.config import EvalSettings, apply_overrides, load_preset
 from genlab.data import SOURCES, build_dataset
 from genlab.data.cache import ImageSplits
+from genlab.data.subsets import random_subset
 from genlab.detect.adversary import attach_adversary, load_detector
+from genlab.detect.encoding import JPEG_QUALITY, describe, jpeg
 from genlab.detect.evaluate import LAUNDERING, LAUNDERING_PROTOCOL, evaluate_against
-from genlab.detect.fakes import EVAL_SEED, FakeSource, check_same_shape, fake_label, load_fake_source
+from genlab.detect.fakes import EVAL_SEED, VAL_SEED, FakeSource, check_same_shape, fake_label, load_fake_source
 from genlab.errors import GenlabError
 from genlab.io import atomic_write
 from genlab.methods import METHODS
@@ -120,12 +122,12 @@ def train_detector(real: str, fakes: list[str], device: torch.device, overrides:
 
 
 # -- evaluation ------------------------------------------------------------------------------------
-def held_out_real(data: ImageSplits, split: str | None, n: int | None) -> tuple[torch.Tensor, str]:
-    """The first ``n`` images (all when None, at most DEFAULT_EVAL_N) of the held-out split: test when
-    it has images, else val."""
-    if split is None:
-        split = "test" if data.test is not None and len(data.test) else "val"
-    images = {"train": data.train, "val": data.val, "test": data.test}[split]
+def held_out_real(data: ImageSplits, split: str | None, n: int | None, seed: int = 0) -> tuple[torch.Tensor, str]:
+    """``n`` images (all when None, at most DEFAULT_EVAL_N) of the held-out split (the report split:
+    test when it has images, else val), a random subset drawn with ``seed`` (never the first n: a split
+    is stored in key order, by class for a folder source); returns them and their description."""
+    split = data.resolve_split(split or "report")
+    images = data.split(split)
     count = 0 if images is None else len(images)
     if n is not None and n > count:
         raise GenlabError(f"--n {n}: the {split} split of {data.name} has {count} images; ask for at most {count} or "
@@ -133,7 +135,33 @@ def held_out_real(data: ImageSplits, split: str | None, n: int | None) -> tuple[
     if count < MIN_HELD_OUT:
         raise GenlabError(f"the {split} split of {data.name} has {count} images; a detector needs at least "
                           f"{MIN_HELD_OUT} held-out real images to be scored (set data.val_fraction or data.test_fraction)")
-    return images[: n or min(count, DEFAULT_EVAL_N)], split
+    return random_subset(images, n or min(count, DEFAULT_EVAL_N), seed, split)
+
+
+def write_control_fakes(data_cfg, path: Path, n: int | None = None, seed: int = EVAL_SEED,
+                        quality: int = JPEG_QUALITY) -> dict:
+    """The detector benchmark's control: an .npz of "fakes" that are real images re-encoded as JPEG
+    at ``quality``, nothing generated. Seeds 0.. are the training split (the very images the real
+    class trains on), VAL_SEED.. the choice split, and ``seed``.. the same random subset of the
+    report split that the evaluation draws as its reals (``n`` of them), in the same order. A
+    detector trained on it can only learn the encoding: its AUC must sit at chance, or the
+    benchmark's detectors may be reading compression traces too. Returns what was written."""
+    data = build_dataset(data_cfg)
+    evaluated, how = held_out_real(data, None, n, seed)
+    parts = [(data.train, 0), (data.split("choice"), VAL_SEED), (evaluated, seed)]
+    images = torch.cat([jpeg(p, quality) for p, _ in parts])
+    seeds = np.concatenate([np.arange(first, first + len(p)) for p, first in parts])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a bare name
+            np.savez(f, images=images.numpy(), seeds=seeds)
+
+    atomic_write(path, write, "control fakes")
+    return {"path": str(path), "images": len(images), "quality": quality,
+            "what": f"real images re-encoded as JPEG quality {quality}: all {len(data.train)} training images "
+                    f"(seeds 0..), the choice split from seed {VAL_SEED}, and the evaluated reals ({how}) from seed {seed}"}
 
 
 def _unique_labels(sources: list[FakeSource]) -> list[str]:
@@ -155,7 +183,7 @@ class EvalSet:
         self.image_shape = data.image_shape
         if detector_shape is not None:  # the detector's input first: that is the mismatch to name
             self.check_detector({"image_shape": detector_shape}, detector_run)
-        self.real, self.split = held_out_real(data, split, n)
+        self.real, self.real_subset = held_out_real(data, split, n, seed)
         self.data_name, self.image_shape = data.name, data.image_shape
         sources = [load_fake_source(f, device) for f in fakes]
         self.sources = dict(zip(_unique_labels(sources), sources))
@@ -169,7 +197,7 @@ class EvalSet:
     def protocol(self) -> str:
         c, h, w = self.image_shape
         crop = f", crop {self.data_cfg.crop}" if self.data_cfg.crop else ""
-        return (f"real: {len(self.real)} images of the {self.split} split of {self.data_name}{crop}, {h}x{w}, {c} "
+        return (f"real: {self.real_subset} images of {self.data_name}{crop}, {h}x{w}, {c} "
                 f"channel(s); fakes: {len(self.real)} per generator, seeds {self.seed}..{self.seed + len(self.real) - 1}; "
                 "AUC and TPR at 1% FPR of P(generated), balanced accuracy at 0.5")
 
@@ -199,7 +227,8 @@ def evaluate_detector_run(detector_run: str | Path, fakes: list[str], device: to
     results = evaluate_against(detector, eval_set.real, eval_set.fakes, launder)
     for label, source in eval_set.sources.items():
         results[label].update({"fake": str(source.path), "family": source.family})
-    return {"detector": str(detector_run), "step": payload["progress"]["step"], "protocol": eval_set.protocol(),
+    return {"detector": str(detector_run), "step": payload["progress"]["step"],
+            "protocol": f"{eval_set.protocol()}; {describe(dcfg.model.encoding)}",
             "laundering": LAUNDERING_PROTOCOL if launder else None, "results": results}
 
 
@@ -298,13 +327,12 @@ def plot_matrix(result: dict, path: Path) -> None:
 
 # -- the adversarial loop --------------------------------------------------------------------------
 def generator_swd(run: Path, device: torch.device, n: int, seed: int = EVAL_SEED) -> dict:
-    """SWD of ``n`` fresh samples of a generator run against its data's validation split (train when
-    it has none), with its protocol."""
+    """SWD of ``n`` fresh samples of a generator run against its data's report split (as `genlab
+    eval`), with its protocol."""
     source = load_fake_source(run, device)
     cfg = load_run_config(str(run))
     data = build_dataset(cfg.data)
-    split = "val" if data.val is not None and len(data.val) else "train"
-    settings = EvalSettings(metrics=["swd"], n=n, split=split, seed=seed)
+    settings = EvalSettings(metrics=["swd"], n=n, split="report", seed=seed)
     results, _ = Evaluator(data, cfg.data, settings, device).score_method(source.method, ["swd"], f"{cfg.method} {run.name}")
     return results["swd"]
 

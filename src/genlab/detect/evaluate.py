@@ -6,32 +6,17 @@ alike to reals and fakes."""
 
 from __future__ import annotations
 
-import io
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torchvision.transforms.v2.functional import gaussian_blur
 
 from genlab.data.convert import to_model_range
-from genlab.detect.scores import balanced_accuracy, roc_auc, tpr_at_fpr
+from genlab.detect.encoding import JPEG_QUALITY, jpeg
+from genlab.detect.scores import auc_interval, balanced_accuracy, roc_auc, tpr_at_fpr
 
-JPEG_QUALITY = 75
 BLUR_SIGMA = 1.0
-
-
-def jpeg(images: torch.Tensor, quality: int = JPEG_QUALITY) -> torch.Tensor:
-    """uint8 images encoded as JPEG at ``quality`` (4:2:0 chroma subsampling, Pillow's default, as
-    most uploads get) and decoded again, through Pillow's libjpeg."""
-    out = []
-    for image in images.cpu().permute(0, 2, 3, 1).numpy():
-        buffer = io.BytesIO()
-        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="JPEG", quality=quality)
-        decoded = np.asarray(Image.open(io.BytesIO(buffer.getvalue())))
-        out.append(torch.from_numpy(decoded.reshape(image.shape).copy()))
-    return torch.stack(out).permute(0, 3, 1, 2).contiguous()
 
 
 def resize_half(images: torch.Tensor) -> torch.Tensor:
@@ -56,17 +41,19 @@ LAUNDERING_PROTOCOL = (f"jpeg{JPEG_QUALITY}: JPEG quality {JPEG_QUALITY} (Pillow
 
 @torch.inference_mode()
 def detector_scores(detector, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """P(generated) for uint8 images, in eval mode, on the CPU."""
+    """P(generated) for uint8 images, in eval mode, on the CPU; each image first goes through the
+    detector's input encoding (model.encoding), whatever class it is: the same path as in training."""
     out = []
     with detector.evaluating():
         for i in range(0, len(images), batch_size):
-            x = to_model_range(images[i : i + batch_size].to(detector.device))
+            x = to_model_range(detector.encode_input(images[i : i + batch_size]).to(detector.device))
             out.append(torch.sigmoid(detector.logits(x)).cpu())
     return torch.cat(out)
 
 
-def separation(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> dict[str, float]:
-    return {"auc": roc_auc(real_scores, fake_scores), "tpr_at_1pct_fpr": tpr_at_fpr(real_scores, fake_scores, 0.01),
+def separation(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> dict:
+    return {"auc": roc_auc(real_scores, fake_scores), "auc_interval": auc_interval(real_scores, fake_scores),
+            "tpr_at_1pct_fpr": tpr_at_fpr(real_scores, fake_scores, 0.01),
             "accuracy": balanced_accuracy(real_scores, fake_scores)}
 
 

@@ -7,7 +7,9 @@ The loop feeds the real training images; the fakes come from ``model.fakes`` (ge
 ``.npz`` files, see :mod:`genlab.detect.fakes`): a pool of ``model.fake_n`` images per generator,
 drawn once by seed when the run starts (and drawn again, identically, on resume), from which each
 step takes as many fakes as it has reals, uniformly at random. The loss is the binary cross-entropy
-of one logit per image, label 1 for generated. Validation: held-out reals against a separate pool
+of one logit per image, label 1 for generated. Every image, real or fake, first passes through
+``model.encoding`` (JPEG quality 75 by default; :mod:`genlab.detect.encoding`), so the two classes
+reach the classifier through one format and compression traces cannot tell them apart. Validation: held-out reals against a separate pool
 of fakes from other seeds, so ``val_loss`` (early stopping, best.pt) measures generalisation to new
 samples of the same generators rather than memorised ones.
 
@@ -22,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from genlab.config import OptimConfig, check_positive
-from genlab.data.convert import to_model_range
+from genlab.data.convert import to_model_range, to_uint8
+from genlab.detect.encoding import DEFAULT_ENCODING, encode, parse_encoding
 from genlab.detect.fakes import VAL_SEED, check_same_shape, load_fake_source
 from genlab.errors import GenlabError
 from genlab.methods import METHODS
@@ -44,10 +47,12 @@ class DetectorConfig:
     fake_seed: int = 0  # first seed of the training fakes (validation and evaluation use other seeds)
     val_fake_n: int = 512  # validation fakes per generator
     sample_batch: int = 256  # images generated at once when the pools are drawn
+    encoding: str = DEFAULT_ENCODING  # what every input, real or fake, passes through first: jpegQ | none (format parity)
     optim: OptimConfig = field(default_factory=_detector_optim)
 
     def validate(self, prefix: str = "model.") -> None:
         DETECTOR_ARCHS.canonical(self.arch)
+        parse_encoding(self.encoding, f"{prefix}encoding")
         for key in ("width", "fake_n", "val_fake_n", "sample_batch"):
             check_positive(f"{prefix}{key}", getattr(self, key))
         check_positive(f"{prefix}fake_seed", self.fake_seed, allow_zero=True)
@@ -75,6 +80,17 @@ class DetectorMethod(Method):
     def schedulers(self):
         return self._schedulers
 
+    def encode_input(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images through ``model.encoding`` (returned on the CPU): every image the detector
+        sees, real or generated, in training, validation and evaluation, goes through it."""
+        return encode(images, self.cfg.encoding)
+
+    def _encoded_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch of real images in [-1, 1] through the input encoding (as uint8, as stored)."""
+        if parse_encoding(self.cfg.encoding) is None:
+            return x
+        return to_model_range(self.encode_input(to_uint8(x)).to(x.device))
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """One logit per image in [-1, 1]; sigmoid(logit) is the probability that it was generated."""
         return self.classifier(x).float()
@@ -94,8 +110,8 @@ class DetectorMethod(Method):
             for path in cfg.fakes:
                 source = load_fake_source(path, self.device)
                 check_same_shape(source, self.image_shape, "the detector's data")
-                train.append(source.draw(cfg.fake_n, cfg.fake_seed, cfg.sample_batch))
-                val.append(source.draw(cfg.val_fake_n, VAL_SEED, cfg.sample_batch))
+                train.append(self.encode_input(source.draw(cfg.fake_n, cfg.fake_seed, cfg.sample_batch)))
+                val.append(self.encode_input(source.draw(cfg.val_fake_n, VAL_SEED, cfg.sample_batch)))
                 source.method = None  # the generator is not needed any more
         self.train_fakes = torch.cat(train).to(self.device)
         self.val_fakes = torch.cat(val).to(self.device)
@@ -120,11 +136,11 @@ class DetectorMethod(Method):
         # The fake batch's picks are drawn for the whole batch before any micro-batch split.
         pick = torch.randint(len(self.train_fakes), (x.shape[0],), device=self.train_fakes.device)
         fake = to_model_range(self.train_fakes[pick].to(x.device))
-        return self.stepper.minimize(self.opt, self._loss, x, fake, clip=self.cfg.optim.grad_clip,
+        return self.stepper.minimize(self.opt, self._loss, self._encoded_batch(x), fake, clip=self.cfg.optim.grad_clip,
                                      agc=self.cfg.optim.agc)
 
     @torch.no_grad()
     def validation_step(self, x, generator):
         self._pools()
         pick = torch.randint(len(self.val_fakes), (x.shape[0],), generator=generator)
-        return self._loss(x, to_model_range(self.val_fakes[pick.to(self.val_fakes.device)].to(x.device)))
+        return self._loss(self._encoded_batch(x), to_model_range(self.val_fakes[pick.to(self.val_fakes.device)].to(x.device)))

@@ -51,3 +51,22 @@ def balanced_accuracy(real_scores: torch.Tensor, fake_scores: torch.Tensor, thre
     """Mean of the accuracy on reals and on fakes at ``threshold`` (probabilities), so unequal counts
     do not tilt it."""
     return float(((real_scores < threshold).double().mean() + (fake_scores >= threshold).double().mean()) / 2)
+
+
+BOOTSTRAP_RESAMPLES = 1000
+
+
+def auc_interval(real_scores: torch.Tensor, fake_scores: torch.Tensor, seed: int = 0,
+                 resamples: int = BOOTSTRAP_RESAMPLES, confidence: float = 0.95) -> tuple[float, float]:
+    """A percentile bootstrap interval of the ROC AUC: reals and fakes resampled with replacement,
+    each class on its own (stratified), ``resamples`` times from ``seed``. What "at chance" means
+    for a control detector: 0.5 inside this interval."""
+    generator = torch.Generator().manual_seed(seed)
+    values = []
+    for _ in range(resamples):
+        r = real_scores[torch.randint(len(real_scores), (len(real_scores),), generator=generator)]
+        f = fake_scores[torch.randint(len(fake_scores), (len(fake_scores),), generator=generator)]
+        values.append(roc_auc(r, f))
+    tail = (1 - confidence) / 2
+    ordered = torch.tensor(values, dtype=torch.float64)
+    return float(ordered.quantile(tail)), float(ordered.quantile(1 - tail))
