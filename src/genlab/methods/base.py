@@ -114,6 +114,12 @@ class Method:
         returned on some steps only (a loss under n_critic): it is averaged over the steps that have it."""
         raise NotImplementedError
 
+    def averaged_networks_updated(self, step: int) -> bool:
+        """Whether the step numbered ``step`` (steps done before it) updated the ``ema_targets``: the EMA
+        advances only then, so ``train.ema_decay`` is per update of the network it averages (a GAN's
+        generator steps once in ``n_critic`` loop steps)."""
+        return True
+
     def validation_step(self, x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Losses on a held-out batch without updating (has_validation_step), including ``loss`` when
         it is one to stop early on (has_validation_loss); ``generator`` draws any noise, the same every epoch."""

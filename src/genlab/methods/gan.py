@@ -215,10 +215,13 @@ class GANMethod(Method):
                     group["betas"] = (beta1, beta2 + (cfg.beta2_end - beta2) * done)
         return 1 + (cfg.gamma_end - 1) * done
 
+    def averaged_networks_updated(self, step: int) -> bool:
+        return (step + 1) % self.cfg.n_critic == 0  # the generator steps on every n_critic-th batch
+
     def train_step(self, x, step):
         cfg, n = self.cfg, x.shape[0]
         gamma = self.schedule(step)
-        g_step = (step + 1) % cfg.n_critic == 0  # D steps on every batch, G on every n_critic-th
+        g_step = self.averaged_networks_updated(step)  # D steps on every batch, G on every n_critic-th
         single = self.stepper.accumulate == 1
         # Everything random in the step is drawn here, for the whole batch, so it does not depend on
         # how the batch is cut into micro-batches (`index` picks each micro-batch's share).

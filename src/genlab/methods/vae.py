@@ -15,6 +15,7 @@ from genlab.methods import METHODS
 from genlab.methods.abilities import Likelihood
 from genlab.methods.encoder_decoder import PosteriorConfig, PosteriorMethod
 from genlab.methods.step import make_optimizer, make_scheduler
+from genlab.models.latent_prior import is_mixture, log_density
 
 
 @dataclass
@@ -157,9 +158,24 @@ class VAEMethod(PosteriorMethod, Likelihood):
             z = mean + std * eps
             recon = self.decode(self.decoder(z)).float()
             log_px = -0.5 * ((x - recon) / sigma).square().flatten(1).sum(1) - d * (math.log(sigma) + 0.5 * math.log(2 * math.pi))
-            log_pz = -0.5 * (z.square() + math.log(2 * math.pi)).sum(1)
+            log_pz = self._log_prior(z)
             log_qz = -0.5 * (eps.square() + math.log(2 * math.pi)).sum(1) - (0.5 * logvar).sum(1)
             log_w.append(log_px + log_pz - log_qz)
         bound = torch.logsumexp(torch.stack(log_w), dim=0) - math.log(k)
-        return bound, (f"importance-weighted bound (Burda et al. 2016), k={k}, Gaussian decoder sigma={sigma:.4f} "
-                       f"(in [-1,1] units, ML fit on {self._calibration_count} training images)")
+        return bound, (f"importance-weighted bound (Burda et al. 2016), k={k}, p(z) = {self._prior_name()}, "
+                       f"Gaussian decoder sigma={sigma:.4f} (in [-1,1] units, ML fit on {self._calibration_count} "
+                       "training images)")
+
+    def _log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) of the prior samples are drawn from: N(0, I), or the fitted Gaussian or mixture
+        (a bound of the model that samples, not of the one the ELBO trained)."""
+        if self.prior_fitted():
+            return log_density(self.decoder, z).float()
+        return -0.5 * (z.square() + math.log(2 * math.pi)).sum(1)
+
+    def _prior_name(self) -> str:
+        if not self.prior_fitted():
+            return "N(0, I), the prior samples come from"
+        if is_mixture(self.decoder):
+            return f"the fitted mixture of {self.cfg.prior_components} Gaussians samples come from"
+        return "the fitted full-covariance Gaussian samples come from"

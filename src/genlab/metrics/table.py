@@ -7,14 +7,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from genlab.errors import GenlabError
-from genlab.methods.abilities import Likelihood, Reconstructs
+from genlab.methods.abilities import Encoder, Likelihood
 from genlab.registry import Registry
 
 
 @dataclass(frozen=True)
 class MetricSpec:
     summary: str
-    needs: tuple[str, ...]  # abilities of the family: samples | encoder | likelihood | latent
+    needs: tuple[str, ...]  # abilities of the family: samples | encoder (learned) | likelihood | latent
     results: tuple[str, ...]  # names of the numbers it produces
     weights: str = ""  # pretrained network it needs: inception | lpips | ""
     higher_is_better: tuple[str, ...] = ()  # results for which larger is better
@@ -43,7 +43,7 @@ SAMPLE_METRICS = tuple(m for m in ALL_METRICS if "samples" in METRICS.get(m).nee
 PIXEL_METRICS = tuple(m for m in SAMPLE_METRICS if m not in INCEPTION_METRICS)  # need no pretrained network
 HIGHER_IS_BETTER = frozenset(r for m in ALL_METRICS for r in METRICS.get(m).higher_is_better)
 
-ABILITY_WORDS = {"encoder": "an encoder", "likelihood": "a likelihood", "latent": "a latent space that generate(z) maps to images",
+ABILITY_WORDS = {"encoder": "a learned encoder", "likelihood": "a likelihood", "latent": "a latent space that generate(z) maps to images",
                  "samples": "a sampler"}
 
 
@@ -61,7 +61,9 @@ def parse_metrics(text: str | list[str]) -> list[str]:
 def abilities(method_cls) -> set[str]:
     """What a family declares it can do, in the words of MetricSpec.needs."""
     have = {"samples"} if method_cls.samplers else set()
-    if issubclass(method_cls, Reconstructs):
+    # A *learned* encoder: RealNVP reconstructs by exact inversion, which `genlab reconstruct` shows but
+    # a reconstruction score beside the VAEs' would compare an identity map with lossy codes.
+    if issubclass(method_cls, Encoder):
         have.add("encoder")
     if issubclass(method_cls, Likelihood):
         have.add("likelihood")

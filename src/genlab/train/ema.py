@@ -1,6 +1,8 @@
 """Exponential moving average of a family's networks (its ``ema_targets``), for sampling.
 
-After every optimisation step, shadow = decay_t * shadow + (1 - decay_t) * weights, with
+After every update of the averaged networks (every loop step, except for a GAN under n_critic,
+whose generator steps once in n_critic: ``Method.averaged_networks_updated``),
+shadow = decay_t * shadow + (1 - decay_t) * weights, with
 decay_t = min(decay, (1 + t) / (10 + t)) when warming up (t = updates so far; the num_updates rule
 of TensorFlow's ExponentialMovingAverage), so the random initial weights fade within the first
 steps instead of dominating thousands of them. Buffers (BatchNorm running statistics) are copied,
