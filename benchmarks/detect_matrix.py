@@ -1,7 +1,9 @@
 """The deepfake-detector benchmark on real data: generators of several families trained on the same
 data for the same number of training images, then `genlab detect matrix` over them (a detector per
 generator, each tested on every generator's fresh samples; robustness to JPEG, resizing and blur),
-and optionally `genlab detect loop` on one of them. One JSON with the machine, the command, each
+and optionally `genlab detect loop` on one of them; then the format-parity control (a detector of
+real images against the same real images re-encoded, with and without the detector's input
+encoding: see ``control_rows``). One JSON with the machine, the command, each
 generator's run (preset, steps, wall time, SWD of its samples) and the matrix; the heat map is
 copied to --heatmap for the README.
 
@@ -29,6 +31,32 @@ from common import score_run, write_result
 from genlab.sweep import split_top_level
 
 
+def control_rows(args, detector_overrides: list[str], folder: Path, device: torch.device) -> dict:
+    """The format-parity control: a detector of real images against the same real images re-encoded as
+    JPEG (nothing generated), trained and scored like the matrix's detectors, once with the detector's
+    input encoding (both classes re-encoded alike: the benchmark's setting) and once without it. With
+    parity its AUC must sit at chance (0.5 inside the bootstrap interval); without it, how far it
+    rises is what a compression shortcut alone is worth."""
+    from genlab.detect.bench import detector_config, evaluate_detector_run, train_named, write_control_fakes
+    from genlab.detect.encoding import DEFAULT_ENCODING
+    from genlab.resolve import load_config
+
+    data = load_config("detector", ["data.source=celeba", f"data.root={args.root}", f"data.size={args.size}"]).data
+    fakes = folder / "real-reencoded.npz"
+    written = write_control_fakes(data, fakes, n=args.n)
+    rows = {"fakes": written}
+    for encoding in (DEFAULT_ENCODING, "none"):
+        cfg = detector_config("celeba", [str(fakes)], [*detector_overrides, f"model.encoding={encoding}"], str(args.root))
+        run = train_named(cfg, folder / f"detector-{encoding}", device, quiet=True)
+        report = evaluate_detector_run(run, [str(fakes)], device, n=args.n, launder=False)
+        (r,) = report["results"].values()
+        low, high = r["auc_interval"]
+        rows[encoding] = {"auc": r["auc"], "auc_interval": [low, high], "at_chance": low <= 0.5 <= high,
+                          "accuracy": r["accuracy"], "run": str(run), "protocol": report["protocol"]}
+        print(f"control, encoding {encoding}: AUC {r['auc']:.3f} [{low:.3f}, {high:.3f}]", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, required=True, help="the CelebA folder")
@@ -47,6 +75,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--runs", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
     parser.add_argument("--heatmap", type=Path, default=None, help="copy the matrix heat map here")
+    parser.add_argument("--no-control", action="store_true", help="skip the format-parity control detectors")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -69,7 +98,7 @@ def main() -> None:
         run = train_named(cfg, runs / "generators" / preset, device, quiet=True)
         wall = time.perf_counter() - start
         summary = json.loads((run / "metrics.json").read_text())["train"]
-        results = score_run(run, cfg, ["swd"], args.swd_n, "val", device)
+        results = score_run(run, cfg, ["swd"], args.swd_n, "report", device)
         rows.append({"preset": preset, "overrides": overrides, "family": cfg.method, "run": str(run), "steps": summary["steps"],
                      "images": summary["steps"] * cfg.train.batch_size, "train_wall_s": round(wall, 1),
                      "stopped_because": summary["stopped_because"], "swd": results["swd"]["value"],
@@ -90,6 +119,10 @@ def main() -> None:
                                           args.loop_rounds, args.loop_weight, 1, detector_overrides, str(args.root),
                                           n=args.n, swd_n=args.swd_n)
         result["loop_wall_s"] = round(time.perf_counter() - start, 1)
+    if not args.no_control:
+        start = time.perf_counter()
+        result["control"] = control_rows(args, detector_overrides, runs / "control", device)
+        result["control_wall_s"] = round(time.perf_counter() - start, 1)
     result["total_wall_s"] = round(time.perf_counter() - began, 1)
     write_result(args.out, result, device)
     if args.heatmap:

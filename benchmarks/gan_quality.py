@@ -1,7 +1,7 @@
 """GAN quality at an equal budget: every given preset trains on the same data for the same number of
 training images (each preset keeps its own batch size, so the step counts differ), and each is
 scored the same way: SWD (`genlab eval`'s protocol, weight-free) of N samples against the
-validation split, plus FID where Inception weights are given. Samples come from the weights each
+report split (CelebA's carved test split), plus FID where Inception weights are given. Samples come from the weights each
 preset samples with (the EMA of G where the preset keeps one). One JSON with the machine, the
 command, the budget and a row per preset (SWD, FID, wall time, images/s, whether it diverged);
 the last sample grid of each run is copied to --grids for the README.
@@ -69,7 +69,7 @@ def main() -> None:
                "images": summary["steps"] * cfg.train.batch_size, "train_wall_s": round(wall, 1),
                "images_per_s": summary["images_per_s"], "diverged": diverged}
         if not diverged:
-            results = score_run(run, cfg, metrics, args.n, "val", device, args.inception_weights)
+            results = score_run(run, cfg, metrics, args.n, "report", device, args.inception_weights)
             row.update({name: r["value"] for name, r in results.items()})
             row["protocols"] = {name: r["protocol"] for name, r in results.items()}
         if args.grids:
@@ -89,8 +89,8 @@ def main() -> None:
     best = min((r for r in rows if "swd" in r), key=lambda r: r["swd"], default=None)
     result = {
         "budget": {"images_per_preset": args.images, "size": args.size, "data": str(args.root), "seed": args.seed,
-                   "scored_samples": args.n, "reference_split": "val"},
-        "metric_note": "SWD x1e3 of N samples vs the validation split (genlab eval's protocol; lower is better)"
+                   "scored_samples": args.n, "reference_split": "report"},
+        "metric_note": "SWD x1e3 of N samples vs the report split (genlab eval's protocol; lower is better)"
                        + ("; FID with InceptionV3" if args.inception_weights else "; no Inception weights here, so no FID"),
         "reference": args.reference, "best": best["preset"] if best else None, "rows": rows,
     }

@@ -65,7 +65,7 @@ def main() -> None:
     runs = args.runs or Path(tempfile.mkdtemp(prefix="genlab-hybrid-"))
     vae_cfg = load_run_config(str(args.vae))
     data = build_dataset(vae_cfg.data)
-    vae_results = score_run(args.vae, vae_cfg, ["swd"], args.n, "val", device)
+    vae_results = score_run(args.vae, vae_cfg, ["swd"], args.n, "choice", device)
     rows = [{"variant": "VAE prior N(0, I) (reference)", "swd": vae_results["swd"]["value"],
              "swd_protocol": vae_results["swd"]["protocol"]}]
     base = {"method": "latent-gan", "name": "hybrid", "data": vae_cfg.to_dict()["data"],
@@ -96,7 +96,7 @@ def main() -> None:
             row["latent_frechet"] = frechet(fake.cpu(), real.cpu())
             prior = torch.randn(len(real), real.shape[1], generator=torch.Generator().manual_seed(1))
             row["latent_frechet_vae_prior"] = frechet(prior * model.generator.latent_scale.cpu(), real.cpu())
-            results = score_run(run, cfg, ["swd"], args.n, "val", device)
+            results = score_run(run, cfg, ["swd"], args.n, "choice", device)
             row["swd"] = results["swd"]["value"]
             row["swd_over_vae"] = round(row["swd"] / rows[0]["swd"], 4)
         rows.append(row)

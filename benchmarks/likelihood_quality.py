@@ -4,10 +4,11 @@ Part 1, CIFAR-10: RealNVP and pixel DDPM each train for the same training wall t
 (`train.max_minutes`, validation excluded); the JSON records validation bits/dim after every epoch
 for both (RealNVP exact; DDPM its variational bound, estimated with one uniformly drawn term per
 image), the final bits/dim under `genlab eval --metrics bpd`'s protocol, SWD of N samples against
-the test split, and DDIM sampling speed (images/s at 10, 50 and 250 steps).
+the report split (CIFAR-10's official test split), and DDIM sampling speed (images/s at 10, 50 and 250 steps).
 
 Part 2, CelebA 32x32: pixel DDPM against the strongest GAN preset (gan-celeba64 at 32x32) for the
-same training wall time each, SWD of N samples against the validation split.
+same training wall time each, SWD of N samples against the report split (the half of the official
+validation partition that genlab.data.splits carves out as test; the other half is the choice split).
 
 Each family is a preset plus overrides (`PRESET+key=value+...`) so the CPU run can use narrower
 networks; the JSON records every override. On a CPU (about 20 minutes of training in all):
@@ -140,9 +141,9 @@ def main() -> None:
     cifar = []
     for name, spec in (("realnvp", args.realnvp), ("ddpm", args.ddpm)):
         run, cfg, row = train(spec, args.cifar, args.minutes, runs, device, args.seed)
-        method, scores = score(run, cfg, ["swd"], args.n, "test", device, args.eval_steps)
+        method, scores = score(run, cfg, ["swd"], args.n, "report", device, args.eval_steps)
         row.update(scores)
-        _, scores = score(run, cfg, ["bpd"], args.n_bpd, "test", device, None, args.bound_timesteps)
+        _, scores = score(run, cfg, ["bpd"], args.n_bpd, "report", device, None, args.bound_timesteps)
         row["bpd"], row["eval_s"] = scores["bpd"], row["eval_s"] + scores["eval_s"]
         row["protocols"].update(scores["protocols"])
         val = [e["val_bpd"] for e in row["epochs"] if "val_bpd" in e]
@@ -157,7 +158,7 @@ def main() -> None:
     if args.celeba is not None:
         for name, spec in (("ddpm", args.ddpm_celeba), ("gan", args.gan_celeba)):
             run, cfg, row = train(spec, args.celeba, args.celeba_minutes, runs, device, args.seed)
-            method, scores = score(run, cfg, ["swd"], args.n, "val", device, args.eval_steps)
+            method, scores = score(run, cfg, ["swd"], args.n, "report", device, args.eval_steps)
             row.update(scores)
             row["grid"] = keep_grid(method, args.grids, f"{name}-celeba32")
             celeba.append(row)
@@ -168,7 +169,7 @@ def main() -> None:
                    "scored_samples": args.n, "seed": args.seed, "ddim_steps_when_scoring": args.eval_steps or "preset's"},
         "metric_note": ("bpd: bits/dim on the [0,255] scale under genlab eval's protocol (uniform dequantisation; RealNVP "
                         "exact, DDPM its variational bound, all terms or a stratified estimate as its protocol says), on "
-                        "the first --n-bpd test images; val_bpd per "
+                        "a random subset of --n-bpd report-split images (seed 0; CIFAR-10's official test split, CelebA's carved one); val_bpd per "
                         "epoch: RealNVP exact, DDPM's bound estimated with one uniformly drawn term per image; SWD x1e3 "
                         "of N samples (weight-free, lower is better)"),
         "cifar10": cifar, "celeba32": celeba,

@@ -44,6 +44,7 @@ def main() -> None:
 
     from genlab.config import EvalSettings
     from genlab.data import build_dataset
+    from genlab.data.subsets import random_subset
     from genlab.distributed import unwrap
     from genlab.methods.encoder_decoder import codes_of, refit_prior
     from genlab.metrics.evaluate import Evaluator
@@ -51,11 +52,12 @@ def main() -> None:
     from genlab.train.checkpoint import load_model
 
     method, cfg, payload, _ = load_model(args.run, device)
-    evaluator = Evaluator(build_dataset(cfg.data), cfg.data, EvalSettings(n=args.n, split="val", seed=0), device)
-    train = evaluator.split_images("train")[: args.images]
+    evaluator = Evaluator(build_dataset(cfg.data), cfg.data, EvalSettings(n=args.n, split="choice", seed=0), device)
+    # random subsets (seed 0), never the first images of a key-sorted split; K is chosen on the choice split
+    train, _ = random_subset(evaluator.split_images("train"), args.images, 0, "train")
     code = lambda x: method.encode(x)[0]  # noqa: E731 - the posterior mean, as the prior is fitted to
     train_codes = codes_of(method, code, train)
-    val_codes = codes_of(method, code, evaluator.split_images("val")[:VALIDATION_CODES])
+    val_codes = codes_of(method, code, random_subset(evaluator.split_images("val"), VALIDATION_CODES, 0, "val")[0])
     val_nearest = nearest_distance(val_codes, train_codes).median()
 
     decoder, latent_dim = unwrap(method.decoder), cfg.model.latent_dim

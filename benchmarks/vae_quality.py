@@ -1,7 +1,7 @@
 """VAE-family quality at an equal budget: every given preset trains on the CelebA subset for the
-same number of epochs, and each is scored the same way: reconstruction PSNR and SSIM of the
-validation split (families with an encoder; `genlab eval --metrics recon`), SWD of N samples
-against the validation split, wall time. One JSON with the machine, the command and a row per
+same number of epochs, and each is scored the same way: reconstruction PSNR and SSIM of a random
+subset of the report split (families with an encoder; `genlab eval --metrics recon`), SWD of N
+samples against the report split (CelebA's carved test split; nothing is chosen on it), wall time. One JSON with the machine, the command and a row per
 preset, plus ratios against the reference preset (seed 002's VAE); each run's last sample grid is
 copied to --grids for the README.
 
@@ -89,7 +89,7 @@ def main() -> None:
             run_of.setdefault(preset, run)
             summary = json.loads((run / "metrics.json").read_text())["train"]
             metrics = ["swd", "recon"] if METHODS.get(cfg.method).has_encoder else ["swd"]
-            results = score_run(run, cfg, metrics, args.n, "val", device)
+            results = score_run(run, cfg, metrics, args.n, "report", device)
             value = lambda key: results[key]["value"] if key in results else None
             row = {"preset": preset, "spec": spec, "seed": seed, "family": cfg.method, "overrides": overrides,
                    "steps": summary["steps"], "train_wall_s": round(wall, 1),
