@@ -205,7 +205,7 @@ def test_every_number_carries_its_protocol(digits):
         assert "150 validation images" in r["protocol"]
     for name in ("fid", "kid", "precision"):
         p = results[name]["protocol"]
-        assert "digits train split" in p and "32x32 bicubic" in p and "no flip" in p and "1620 images" in p
+        assert "digits test split" in p and "32x32 bicubic" in p and "no flip" in p and f"{len(data.test)} images" in p
         assert "RANDOM STAND-IN" in p and "largest centred square" in p
 
 
@@ -225,7 +225,8 @@ def test_bits_per_dim_of_an_exact_uniform_model_is_eight(digits):
     ev = Evaluator(data, cfg, EvalSettings(n=100), CPU)
     out = ev.bits_per_dim(Uniform(None, (1, 32, 32), CPU))
     assert out["bpd"]["value"] == pytest.approx(8.0, abs=1e-6)  # float32 log-densities
-    assert "exact" in out["bpd"]["protocol"] and "val split" in out["bpd"]["protocol"]
+    assert "exact" in out["bpd"]["protocol"] and "test split" in out["bpd"]["protocol"]
+    assert f"100 random of {len(data.test)} test (seed 0)" in out["bpd"]["protocol"]
 
 
 def test_vae_bits_per_dim_bound_tightens_with_more_samples(digits):
@@ -241,7 +242,7 @@ def test_vae_bits_per_dim_bound_tightens_with_more_samples(digits):
     vae.cfg.iw_samples = 32
     many = Evaluator(data, cfg, EvalSettings(n=64), CPU).bits_per_dim(vae)["bpd"]
     assert math.isfinite(one["value"]) and 0 < many["value"] <= one["value"] + 1e-3
-    assert "k=1" in one["protocol"] and "k=32" in many["protocol"] and "ML fit on 1620 training images" in many["protocol"]
+    assert "k=1" in one["protocol"] and "k=32" in many["protocol"] and f"ML fit on {len(data.train)} training images" in many["protocol"]
 
 
 def test_ppl_runs_through_torch_fidelity_and_needs_lpips_weights(monkeypatch, tmp_path):
@@ -323,7 +324,9 @@ def test_eval_cli_on_a_run(cli, tmp_path):
     assert code == 0, err
     results = json.loads(out)  # stdout holds only JSON
     assert set(results) == {"swd", "msssim", "nn", "mse", "psnr", "ssim", "bpd"}
-    assert all(r["protocol"] and r["checkpoint"] == "last-inference.pt" and r["step"] == 10 for r in results.values())
+    assert {r["split"] for r in results.values()} == {"test"}  # the report split, by default
+    steps = json.loads((run / "metrics.json").read_text())["train"]["steps"]
+    assert all(r["protocol"] and r["checkpoint"] == "last-inference.pt" and r["step"] == steps for r in results.values())
     assert "k=4" in results["bpd"]["protocol"] and "raw weights" in results["swd"]["protocol"]
     stored = json.loads((run / "metrics.json").read_text())
     assert set(stored["eval"]) == set(results) and "train" in stored
@@ -342,7 +345,7 @@ def test_eval_cli_bad_input(cli, tmp_path, monkeypatch):
     assert cli("train", "tiny-dcgan", "train.epochs=1", "--runs-dir", runs, "--quiet")[0] == 0
     run = only_run(runs)
     code, _, err = cli("eval", run, "--metrics", "recon", "--n", 16)
-    assert code == 2 and "recon needs an encoder, and method 'gan' has none" in err and "Traceback" not in err
+    assert code == 2 and "recon needs a learned encoder, and method 'gan' has none" in err and "Traceback" not in err
     code, _, err = cli("eval", run, "--metrics", "fidd")
     assert code == 2 and "unknown metric 'fidd'" in err
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
@@ -360,7 +363,8 @@ def test_eval_cli_scores_files_against_a_data_set(cli, tmp_path, digits):
                          "--metrics", "swd,nn,fid", "--extractor", "random-standin", "--json")
     assert code == 0, err
     results = json.loads(out)
-    assert results["nn"]["value"] > 0 and "digits train split" in results["fid"]["protocol"]
+    assert results["nn"]["value"] > 0 and "digits test split" in results["fid"]["protocol"]  # the report split
+    assert "digits train images" in results["nn"]["protocol"]  # memorisation: against what was trained on
     np.savez(tmp_path / "bad.npz", images=np.zeros((4, 32, 32), dtype=np.float32))
     code, _, err = cli("eval", "--real", "digits", "--fake", tmp_path / "bad.npz", "--metrics", "swd")
     assert code == 2 and "must be uint8 (N, C, H, W)" in err
