@@ -280,7 +280,7 @@ def test_data_info_prepare_and_train_from_the_cache(cli, tmp_path, shared_data):
     assert "7 classes" in out and "not prepared" in out
     code, out, err = cli("data", "prepare", "folder", "--root", shared_data / "ckplus48", "channels=1", "size=16")
     assert code == 0, err
-    assert "ckplus48: train 895, val 86" in out and "0 skipped" in out
+    assert "ckplus48: train 895, val 43, test 43" in out and "0 skipped" in out
     code, out, _ = cli("data", "info", "folder", "--root", shared_data / "ckplus48", "channels=1", "size=16")
     assert "cache    ready at" in out
     runs = tmp_path / "runs"

@@ -158,7 +158,7 @@ def test_the_sampler_section_is_typed_by_its_sampler():
 
 @pytest.mark.parametrize("preset, overrides, message", [
     ("tiny-dcgan", ["train.patience=3"], "train.patience=3: method 'gan' has no validation loss to watch"),
-    ("tiny-dcgan", ["eval.metrics=[recon]"], "eval.metrics: recon needs an encoder, and method 'gan' has none"),
+    ("tiny-dcgan", ["eval.metrics=[recon]"], "eval.metrics: recon needs a learned encoder, and method 'gan' has none"),
     ("tiny-dcgan", ["eval.metrics=[fid, bpd]"], "eval.metrics: bpd needs a likelihood, and method 'gan' has none"),
     ("tiny-vae", ["train.ema_decay=1.0"], "'train.ema_decay' must be in [0, 1)"),
     ("tiny-vae", ["train.accumulate=64"], "more micro-batches than it has images"),

@@ -32,7 +32,6 @@ def noise(h, w, c=None):
 def cfg(source="folder", root=None, **kw):
     kw.setdefault("size", 16)
     kw.setdefault("channels", 1)
-    kw.setdefault("test_fraction", 0.0)  # these tests are about layouts; the report split is tested in test_trust
     return DataConfig(source=source, root=None if root is None else str(root), **kw)
 
 
@@ -52,8 +51,9 @@ def test_digits_is_embedded_and_scaled(channels):
     data = load_dataset(cfg("digits", size=32, channels=channels, val_fraction=0.1))
     assert data.name == "digits"
     assert data.train.dtype == torch.uint8 and data.train.shape[1:] == (channels, 32, 32)
-    assert len(data.train) + len(data.val) == 1797
-    assert 150 < len(data.val) < 215  # 10% in expectation (hash split)
+    assert len(data.train) + len(data.val) + len(data.test) == 1797
+    assert 150 < len(data.val) + len(data.test) < 215  # 10% in expectation (hash split), half of it the report split
+    assert abs(len(data.val) - len(data.test)) <= 1
     assert data.train.max() == 255 and data.train.min() == 0
     assert set(data.labels["train"].unique().tolist()) == set(range(10))
 
@@ -203,7 +203,7 @@ def test_folder_errors_name_the_path(tmp_path):
 
 def test_ckplus48_from_shared_data(shared_data):
     data = load_dataset(cfg("folder", shared_data / "ckplus48", size=32, channels=1, val_fraction=0.1))
-    assert len(data.train) + len(data.val) == 981
+    assert len(data.train) + len(data.val) + len(data.test) == 981
     assert data.train.shape[1:] == (1, 32, 32) and data.train.float().std() > 20
     assert read_meta(data.cache_dir)["label_names"] == ["anger", "contempt", "disgust", "fear", "happy", "sadness",
                                                          "surprise"]
@@ -230,9 +230,10 @@ def test_ckplus_emotion_folders_written_here(tmp_path):
         for k in range(4):
             Image.fromarray(noise(48, 48), "L").save(root / "CK+48" / emotion / f"S{e:03d}_00{k}_0000001{k}.png")
     data = load_dataset(cfg("folder", root, size=32, channels=1, val_fraction=0.25))
-    assert len(data.train) + len(data.val) == 28 and data.train.shape[1:] == (1, 32, 32)
+    assert len(data.train) + len(data.val) + len(data.test) == 28 and data.train.shape[1:] == (1, 32, 32)
     assert read_meta(data.cache_dir)["label_names"] == EMOTIONS
-    assert sorted((data.labels["train"].tolist() + data.labels["val"].tolist())) == sorted(list(range(7)) * 4)
+    assert sorted((data.labels["train"].tolist() + data.labels["val"].tolist() + data.labels["test"].tolist())) == \
+        sorted(list(range(7)) * 4)
 
 
 def test_att_faces_pgm_subjects_written_here(tmp_path):
@@ -309,7 +310,7 @@ def test_celeba_without_partition_file(tmp_path):
     with pytest.raises(GenlabError, match="list_eval_partition.txt is missing"):
         load_dataset(cfg("celeba", tmp_path / "c", split="official"))
     data = load_dataset(cfg("celeba", tmp_path / "c", size=16, val_fraction=0.25))
-    assert len(data.train) + (0 if data.val is None else len(data.val)) == 8
+    assert len(data.train) + (0 if data.val is None else len(data.val)) + (0 if data.test is None else len(data.test)) == 8
 
 
 def test_celeba_from_shared_data(shared_data):
@@ -324,7 +325,7 @@ def test_celeba_from_shared_data(shared_data):
     # The first 24 images are all official "train": without an official val among them, a share of
     # train is held out as validation, as for sets without one.
     held = load_dataset(cfg("celeba", shared_data / "celeba", size=64, channels=3, limit=24, val_fraction=0.25))
-    assert (len(held.train), len(held.val)) == (18, 6)
+    assert (len(held.train), len(held.val), len(held.test)) == (18, 3, 3)  # and half of that validation reports
 
 
 # ------------------------------------------------------------------------------------------- CIFAR-10

@@ -12,6 +12,7 @@ from conftest import only_run
 
 from genlab.config import DataConfig
 from genlab.data import load_dataset, to_model_range, to_uint8
+from genlab.data.subsets import describe_subset
 from genlab.errors import GenlabError
 from genlab.metrics import evaluate as evaluate_module
 from genlab.metrics import fidelity, image, swd
@@ -226,7 +227,7 @@ def test_bits_per_dim_of_an_exact_uniform_model_is_eight(digits):
     out = ev.bits_per_dim(Uniform(None, (1, 32, 32), CPU))
     assert out["bpd"]["value"] == pytest.approx(8.0, abs=1e-6)  # float32 log-densities
     assert "exact" in out["bpd"]["protocol"] and "test split" in out["bpd"]["protocol"]
-    assert f"100 random of {len(data.test)} test (seed 0)" in out["bpd"]["protocol"]
+    assert describe_subset(len(data.test), 100, 0, "test") in out["bpd"]["protocol"]
 
 
 def test_vae_bits_per_dim_bound_tightens_with_more_samples(digits):

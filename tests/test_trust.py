@@ -107,7 +107,7 @@ def test_celeba_without_test_images_gets_a_fixed_report_split_carved_from_valida
     grown_test = set((grown.cache_dir / "test_keys.txt").read_text().split())
     assert set(keys["test"]) <= grown_test and grown_test - set(keys["test"]) <= {"000041.jpg"}
     text = format_info(inspect_source(cfg))
-    assert "report   test split carved out: no official test images: test = 50% of the official validation" in text
+    assert "report   test split carved out: no test images of its own: test = 50% of the validation images" in text
     assert data.resolve_split("report") == "test" and data.resolve_split("choice") == "val"
 
 

@@ -86,8 +86,8 @@ class DataConfig:
     split: str = "auto"  # auto (official when the source has one, else random) | official | random
     val_fraction: float = 0.1  # validation share: of all images (random), or of the official train split
     #                            when the source has no official validation split (cifar10, folders)
-    test_fraction: float = 0.1  # test share, the report split (`genlab eval`'s default): of all images (random), or
-    #                            of the official train split when the source has neither test nor validation images
+    test_fraction: float = 0.0  # test share of all images (random split); 0: the test split, the report split
+    #                            (`genlab eval`'s default), is half of the validation images (genlab.data.splits)
     split_seed: int = 42  # seed of the split, independent of the training seed
     num_parts: int = 1  # seed 000's multi-split: cut the train split into this many equal disjoint parts
     part: int = 0  # which part this run trains on (seed 000's split_id), 0 <= part < num_parts

@@ -37,7 +37,7 @@ from genlab.io import fsync_dir, fsync_file
 log = logging.getLogger("genlab")
 
 CACHE_FORMAT = 2  # bump when the cache layout changes: older caches are then rebuilt (2: file checksums)
-REPORT_SPLIT_RULE = 1  # an official layout without test images gets a carved report split (genlab.data.splits)
+REPORT_SPLIT_RULE = 2  # a split without test images gets a report split carved out of validation (genlab.data.splits)
 RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1}  # PIL.Image.Resampling values
 
 

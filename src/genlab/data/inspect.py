@@ -13,7 +13,7 @@ from typing import Any
 
 from genlab.config import DataConfig
 from genlab.data.cache import CACHE_FORMAT, cache_path, decode_all, list_catalog, read_meta
-from genlab.data.splits import SPLITS, assign_splits, carve_report_split
+from genlab.data.splits import SPLITS, assign_splits, carved_note
 
 SAMPLED_FILES = 50  # files decoded to report sizes and modes, spread over the listing
 
@@ -48,7 +48,8 @@ def inspect_source(cfg: DataConfig) -> dict[str, Any]:
         else:
             sizes[f"{raw.shape[1]}x{raw.shape[0]}"] += 1
             modes["L" if raw.ndim == 2 else "RGB"] += 1
-    carved = carve_report_split(list(catalog.official), catalog.keys, cfg) if scheme == "official" else None
+    own_test = "test" in catalog.official if scheme == "official" else cfg.test_fraction > 0
+    carved = carved_note(cfg) if counts.get("test") and not own_test else None
     return {
         "source": cfg.source, "root": cfg.root, "items": len(catalog), "notes": list(catalog.notes), "carved": carved,
         "splits": counts, "unusable": unusable, "scheme": scheme, "split_seed": cfg.split_seed if seeded else None,

@@ -42,44 +42,42 @@ def ranked_holdout(keys: list[str], fraction: float, seed: int, salt: str = "spl
     return set(order[:n])
 
 
-# The report split of an official layout without test images (the CelebA subset in ../shared/data
-# holds partitions 0 and 1 only): this share of the official validation images, those with the
-# smallest hash of (split seed, "report", key), becomes the test split; the rest stays validation.
+# The report split where a source has none of its own (no official test images, data.test_fraction
+# 0): this share of the validation images, those with the smallest hash of (split seed, "report",
+# key), becomes the test split and the rest stays validation. The training images are untouched, so
+# a preset trains on what it trained on before the report split existed.
 REPORT_SHARE_OF_VAL = 0.5
 
 
 def carve_report_split(names: list[str | None], keys: list[str], cfg: DataConfig) -> str | None:
-    """Give an official split without test images a report split (in place); returns how, or None
-    when the layout has its own test split or nothing can be carved."""
+    """Give a split without test images a report split (in place), out of its validation images;
+    returns how, or None when there are test images already or no validation images to carve."""
     if "test" in names:
         return None
     val = [i for i, s in enumerate(names) if s == "val"]
-    if val:
-        for j in ranked_holdout([keys[i] for i in val], REPORT_SHARE_OF_VAL, cfg.split_seed, "report"):
-            names[val[j]] = "test"
-        return (f"no official test images: test = {REPORT_SHARE_OF_VAL:.0%} of the official validation images, "
-                f"chosen by a hash of each key (seed {cfg.split_seed})")
-    if cfg.test_fraction > 0:
-        train = [i for i, s in enumerate(names) if s == "train"]
-        for j in ranked_holdout([keys[i] for i in train], cfg.test_fraction, cfg.split_seed, "report"):
-            names[train[j]] = "test"
-        return (f"no official test images: test = {cfg.test_fraction:.0%} of the official training images, "
-                f"chosen by a hash of each key (seed {cfg.split_seed})")
-    return None
+    if not val:
+        return None
+    for j in ranked_holdout([keys[i] for i in val], REPORT_SHARE_OF_VAL, cfg.split_seed, "report"):
+        names[val[j]] = "test"
+    return carved_note(cfg)
+
+
+def carved_note(cfg: DataConfig) -> str:
+    return (f"no test images of its own: test = {REPORT_SHARE_OF_VAL:.0%} of the validation images, chosen by a "
+            f"hash of each key (seed {cfg.split_seed})")
 
 
 def assign_splits(catalog: Catalog, cfg: DataConfig) -> dict[str, np.ndarray]:
     """Indices of the catalog's items in each of train, val and test (before any multi-part cut).
 
     Validation is the *choice* split (early stopping, best.pt, sweeps' best) and test the *report*
-    split (`genlab eval`'s default): an official layout without test images gets one carved out
-    (:func:`carve_report_split`), so choices and reported numbers never share images."""
+    split (`genlab eval`'s default): a split without test images gets one carved out of its
+    validation images (:func:`carve_report_split`), so choices and reported numbers never share images."""
     use_official = cfg.split == "official" or (cfg.split == "auto" and catalog.has_official_split)
     if cfg.split == "official" and not catalog.has_official_split:
         raise GenlabError(f"data.split=official: {catalog.name} has no official split; use data.split=random")
     if use_official:
         names = list(catalog.official)
-        carve_report_split(names, catalog.keys, cfg)
         if "val" not in names and cfg.val_fraction > 0:
             # No official validation split (CIFAR-10, train/test folders): hold out part of train.
             train = [i for i, s in enumerate(names) if s == "train"]
@@ -87,6 +85,7 @@ def assign_splits(catalog: Catalog, cfg: DataConfig) -> dict[str, np.ndarray]:
                 names[train[j]] = "val"
     else:
         names = threshold_split(catalog.keys, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+    carve_report_split(names, catalog.keys, cfg)
     return {s: np.array([i for i, n in enumerate(names) if n == s], dtype=np.int64) for s in SPLITS}
 
 
