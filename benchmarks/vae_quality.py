@@ -65,6 +65,7 @@ def main() -> None:
 
     runs = args.runs or Path(tempfile.mkdtemp(prefix="genlab-vae-quality-"))
     from genlab.methods import METHODS
+    from genlab.metrics.table import default_metrics
 
     rows, grid_names = [], set()
     seeds = [int(seed) for seed in args.seeds.split(",")]
@@ -84,15 +85,16 @@ def main() -> None:
             cfg = load_config(preset, overrides)
             print(f"{spec} (seed {seed}): {args.epochs} epochs", flush=True)
             start = time.perf_counter()
-            run = start_training(cfg, runs, device, quiet=True)
+            # a named run per row: a re-run of the benchmark keeps (or resumes) the runs it finished
+            run = start_training(cfg, runs, device, quiet=True, run_dir=runs / f"{len(run_of):02d}-{preset}")
             wall = time.perf_counter() - start
             run_of.setdefault(preset, run)
             summary = json.loads((run / "metrics.json").read_text())["train"]
-            metrics = ["swd", "recon"] if METHODS.get(cfg.method).has_encoder else ["swd"]
+            metrics = ["swd", "recon"] if "recon" in default_metrics(METHODS.get(cfg.method)) else ["swd"]
             results = score_run(run, cfg, metrics, args.n, "report", device)
             value = lambda key: results[key]["value"] if key in results else None
             row = {"preset": preset, "spec": spec, "seed": seed, "family": cfg.method, "overrides": overrides,
-                   "steps": summary["steps"], "train_wall_s": round(wall, 1),
+                   "steps": summary["steps"], "train_wall_s": summary.get("train_time_s", round(wall, 1)),
                    "stopped_because": summary["stopped_because"], "swd": value("swd"), "psnr": value("psnr"),
                    "ssim": value("ssim"), "mse": value("mse"),
                    "protocols": {k: r["protocol"] for k, r in results.items()}}

@@ -72,7 +72,7 @@ class ImageSplits:
         if name == "report":
             if self.has("test"):
                 return "test"
-            log.warning("%s has no test split: reporting on %s, the split choices are made on (set data.test_fraction)",
+            log.warning("%s has no test split: reporting on %s, the split choices are made on (hold images out with data.val_fraction)",
                         self.name, "val" if self.has("val") else "train")
             return "val" if self.has("val") else "train"
         if name not in SPLITS:

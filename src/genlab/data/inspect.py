@@ -69,7 +69,8 @@ def format_info(info: dict[str, Any]) -> str:
     lines.append(f"splits   {', '.join(f'{s} {n}' for s, n in info['splits'].items())} ({info['scheme']}{seed})")
     lines.append("roles    val is the choice split (early stopping, best.pt, a sweep's best), test the report split "
                  "(genlab eval's default)" if info["splits"].get("test") else
-                 "roles    no test split: genlab eval reports on val, the split choices are made on (set data.test_fraction)")
+                 "roles    no test split: genlab eval reports on the split choices are made on (hold images out with "
+                 "data.val_fraction)")
     if info.get("carved"):
         lines.append(f"report   test split carved out: {info['carved']}")
     if info["unusable"]:
