@@ -154,7 +154,7 @@ def test_bad_residual_block_counts_and_priors_are_refused_before_training(cli, t
                                                      "model.prior_images (40)"),
             # more components than the data set has training images (161 digits): found when the fit starts
             ("tiny-vae", "model.prior=fitted+model.prior_components=200", "model.prior_components=200: the mixture "
-                                                     "is fitted to the codes of the training images, and there are only 132")]:
+                                                     "is fitted to the codes of the training images, and there are only 161")]:
         code, _, err = cli("train", preset, *override.split("+"), "--runs-dir", tmp_path)
         assert code == 2 and message in err and "Traceback" not in err, (preset, err)
     assert not list(tmp_path.iterdir())

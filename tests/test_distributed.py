@@ -259,7 +259,7 @@ def test_every_family_trains_the_same_on_two_processes(tmp_path):
         records = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
         logged = [r for r in records if r["kind"] == "epoch"][-1]["eval_swd"]
         cfg = resolve_config(__import__("yaml").safe_load((run / "config.yaml").read_text()))
-        settings = EvalSettings(n=32, extractor=cfg.eval.extractor, seed=cfg.train.sample_seed)
+        settings = EvalSettings(n=32, extractor=cfg.eval.extractor, seed=cfg.train.sample_seed, split="choice")
         after = api.evaluate(run, ["swd"], settings, "cpu", record=False)["swd"]["value"]
         assert logged == pytest.approx(after, rel=1e-4), name
 

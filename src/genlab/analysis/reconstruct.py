@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from genlab.data.cache import ImageSplits
+from genlab.data.subsets import subset_indices
 from genlab.errors import GenlabError
 from genlab.methods.abilities import Reconstructs
 from genlab.metrics.evaluate import reconstruct_images
@@ -21,10 +22,9 @@ def pick_images(data: ImageSplits, split: str, n: int, seed: int | None = None) 
         have = [s for s in ("val", "test", "train") if getattr(data, s) is not None and len(getattr(data, s))]
         raise GenlabError(f"the {data.name} data has no {split} split here; choose --split {' or '.join(have)}")
     n = min(n, len(images))
-    if seed is None:
-        index = list(range(n))
-    else:
-        index = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    # a seed draws through the helper every metric uses, so `--random --seed S` shows the images
+    # `genlab eval --split SPLIT --seed S` scores
+    index = list(range(n)) if seed is None else subset_indices(len(images), n, seed).tolist()
     return images[index], index
 
 
