@@ -47,12 +47,6 @@ def parse_encoding(name: str, key: str = "model.encoding") -> int | None:
     return int(match.group(1))
 
 
-def encode(images: torch.Tensor, name: str) -> torch.Tensor:
-    """uint8 images through the encoding ``name`` (on the CPU; returned on the CPU)."""
-    quality = parse_encoding(name)
-    return images.cpu() if quality is None else jpeg(images, quality)
-
-
 def describe(name: str) -> str:
     quality = parse_encoding(name)
     if quality is None:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from genlab.config import OptimConfig, check_positive
 from genlab.data.convert import to_model_range, to_uint8
-from genlab.detect.encoding import DEFAULT_ENCODING, encode, parse_encoding
+from genlab.detect.encoding import DEFAULT_ENCODING, jpeg, parse_encoding
 from genlab.detect.fakes import VAL_SEED, check_same_shape, load_fake_source
 from genlab.errors import GenlabError
 from genlab.methods import METHODS
@@ -71,6 +71,7 @@ class DetectorMethod(Method):
         self.nets.classifier = DETECTOR_ARCHS.get(cfg.arch)(image_shape, cfg.width).to(device)
         self.opt = make_optimizer(cfg.optim, self.classifier.parameters(), device)
         self._schedulers = decay_schedulers(classifier=(cfg.optim, self.opt))
+        self.jpeg_quality = parse_encoding(cfg.encoding)  # parsed once: the real batch of every step uses it
         self.train_fakes: torch.Tensor | None = None  # uint8 pools, drawn when first needed
         self.val_fakes: torch.Tensor | None = None
 
@@ -83,11 +84,11 @@ class DetectorMethod(Method):
     def encode_input(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images through ``model.encoding`` (returned on the CPU): every image the detector
         sees, real or generated, in training, validation and evaluation, goes through it."""
-        return encode(images, self.cfg.encoding)
+        return images.cpu() if self.jpeg_quality is None else jpeg(images, self.jpeg_quality)
 
     def _encoded_batch(self, x: torch.Tensor) -> torch.Tensor:
         """A batch of real images in [-1, 1] through the input encoding (as uint8, as stored)."""
-        if parse_encoding(self.cfg.encoding) is None:
+        if self.jpeg_quality is None:
             return x
         return to_model_range(self.encode_input(to_uint8(x)).to(x.device))
 
