@@ -53,6 +53,7 @@ examples:
   genlab eval --real celeba --root ../shared/data/celeba --fake samples.npz --metrics swd,msssim
   genlab eval runs/00000-quickstart-digits --metrics swd --n 1000 --json > result.json
   genlab eval runs/00004-ddpm-cifar10-cifar10 --metrics swd,bpd sampler.steps=100 --bound-timesteps 100
+  genlab eval runs/00005-edm-celeba32-celeba --metrics swd,bpd sampler.nfe=19 model.divergence=hutchinson model.probes=4
 
 Results are added to the run's metrics.json (the latest per metric) and appended to its
 stats.jsonl (every evaluation), each with its protocol. --json prints only JSON on stdout.
@@ -200,10 +201,10 @@ def cmd_eval(args) -> int:
     else:
         if args.run is None:
             raise GenlabError("give a RUN_DIR, or --real SOURCE --fake DIR_OR_NPZ")
-        wrong = [o for o in args.overrides if not o.startswith("sampler.")]
-        if wrong:
-            raise GenlabError(f"unexpected {' '.join(wrong)}: with a RUN_DIR only sampler.* keys may be given "
-                              "(data keys go with --real)")
+        wrong = [o for o in args.overrides if not o.startswith(("sampler.", "model."))]
+        if wrong:  # (model.* keys: the family's evaluation keys only, checked by genlab.resolve)
+            raise GenlabError(f"unexpected {' '.join(wrong)}: with a RUN_DIR only sampler.* keys and the family's "
+                              "evaluation keys (model.*) may be given (data keys go with --real)")
         overrides = list(args.overrides)
         for option, key in (("iw_samples", "iw_samples"), ("bound_timesteps", "bound_timesteps")):
             if getattr(args, option) is not None:  # --iw-samples K -> model.iw_samples=K (checked by the family)

@@ -46,6 +46,6 @@ def describe(options: SamplerOptions) -> str:
 
 
 # Importing a sampler registers it.
-from genlab.samplers import diffusion, latent  # noqa: E402,F401
+from genlab.samplers import diffusion, latent, ode  # noqa: E402,F401
 
 __all__ = ["SAMPLERS", "Sampler", "SamplerOptions", "SeededNoise", "default_options", "describe"]
