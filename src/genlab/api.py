@@ -31,6 +31,7 @@ from genlab.report import write_report
 from genlab.resolve import load_config, resolve_config, with_evaluation_overrides, with_sampler_overrides
 from genlab.train import session
 from genlab.train.checkpoint import LoadedModel, load_model, weights_description
+from genlab.train.posthoc_ema import choose as choose_posthoc_ema
 from genlab.train.rundir import record_evaluation
 
 log = logging.getLogger("genlab")
@@ -137,6 +138,13 @@ def evaluate_images(real: DataConfig, fake: Path | str, metrics: list[str] | Non
     images = load_images(Path(fake), real.channels, real.size)
     evaluator = Evaluator(build_dataset(real), real, settings or EvalSettings(), _device(device))
     return evaluator.score_images(images, metrics, f"{len(images)} images from {fake}")
+
+
+def posthoc_ema(run: Path | str, sigma_rels: list[float], metric: str = "swd", settings: EvalSettings | None = None,
+                device: str | torch.device = "auto") -> dict:
+    """Post-hoc EMA (genlab.train.posthoc_ema): each relative width rebuilt from the run's snapshots and
+    scored on the choice split; the best written as ``checkpoints/posthoc-inference.pt``."""
+    return choose_posthoc_ema(Path(run), sigma_rels, metric, settings or EvalSettings(), _device(device))
 
 
 def reconstruct(run: Path | str, n: int = 16, split: str = "val", seed: int | None = None,

@@ -130,6 +130,9 @@ class TrainConfig:
     ema_halflife_kimg: float = 0.0  # > 0: the EMA's half-life in thousands of training images instead of a fixed
     #                                 decay (StyleGAN2-ADA's rule, which R3GAN keeps); ema_decay > 0 switches it on
     ema_rampup: float = 0.0  # with a half-life: at most this fraction of the images seen so far (0 = no ramp-up)
+    posthoc_ema: list[float] = field(default_factory=list)  # sigma_rel of power-function EMAs kept for post-hoc
+    #                          EMA (Karras et al. 2024; their choice: [0.05, 0.10]); [] = off; `genlab ema RUN` uses them
+    posthoc_every: int = 0  # averaged-network updates between post-hoc EMA snapshots; 0 = at each epoch's end
     log_every: int = 20  # steps between reading losses back from the device (stats.jsonl, progress)
     on_divergence: str = "rollback"  # a non-finite loss or gradient norm: rollback (reload the last checkpoint with
     #                                  lower learning rates and go on) | stop (exit 1, keeping the last good checkpoint)

@@ -169,6 +169,11 @@ def validate_config(cfg: Config) -> None:
     check_positive("train.ema_rampup", cfg.train.ema_rampup, allow_zero=True)
     if (cfg.train.ema_halflife_kimg or cfg.train.ema_rampup) and not cfg.train.ema_decay:
         raise GenlabError("train.ema_halflife_kimg and train.ema_rampup shape an EMA that train.ema_decay > 0 switches on")
+    check_positive("train.posthoc_every", cfg.train.posthoc_every, allow_zero=True)
+    for sigma_rel in cfg.train.posthoc_ema:
+        if not 0 < sigma_rel < 0.2886:
+            raise GenlabError(f"train.posthoc_ema: sigma_rel {sigma_rel} is outside (0, 0.2886), the widths a "
+                              "power-function EMA can have (Karras et al. 2024, eq. 3)")
     if cfg.train.ema_rampup and not cfg.train.ema_halflife_kimg:
         raise GenlabError("train.ema_rampup ramps up a half-life: set train.ema_halflife_kimg too")
     if cfg.train.accumulate > cfg.train.batch_size:
@@ -205,6 +210,9 @@ def check_abilities(cfg: Config, method_cls) -> None:
     if cfg.adversary.detector_run is not None and not method_cls.accepts_adversary:
         raise GenlabError(f"adversary.detector_run: method {method_cls.name!r} cannot be fine-tuned against a detector "
                           "(families that can: those with accepts_adversary, e.g. gan and vae)")
+    if train.posthoc_ema and not method_cls.ema_targets:
+        raise GenlabError(f"train.posthoc_ema: method {method_cls.name!r} names no networks to average "
+                          "(its ema_targets is empty)")
     if train.ema_decay > 0 and not method_cls.ema_targets:
         raise GenlabError(f"train.ema_decay={train.ema_decay}: method {method_cls.name!r} names no networks to average "
                           "(its ema_targets is empty)")

@@ -16,6 +16,7 @@ COMMANDS = {
     "sample": ("models", "generate images from a trained run"),
     "reconstruct": ("models", "reconstruct held-out images (families with an encoder)"),
     "eval": ("models", "evaluate a run (or a folder of images) under one protocol"),
+    "ema": ("models", "post-hoc EMA: rebuild EMAs of other lengths from a run's snapshots, keep the best on the choice split"),
     "data": ("data", "inspect, prepare and download data sets"),
     "analyze": ("analyze", "analyses of a run: timeline, curves, interpolate, variations, traversal"),
     "summary": ("models", "layers, output shapes, parameters and multiply-adds of a preset's or run's networks"),

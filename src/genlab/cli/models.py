@@ -59,6 +59,13 @@ Results are added to the run's metrics.json (the latest per metric) and appended
 stats.jsonl (every evaluation), each with its protocol. --json prints only JSON on stdout.
 """
 
+EMA_EXAMPLES = """\
+examples:
+  genlab train edm-celeba32 data.root=../shared/data/celeba train.posthoc_ema=[0.05,0.10]
+  genlab ema runs/00007-edm-celeba32-celeba --sigma-rel 0.03,0.05,0.08,0.12 --metric swd --n 2000
+  genlab eval runs/00007-edm-celeba32-celeba/checkpoints/posthoc-inference.pt --metrics swd
+"""
+
 SUMMARY_EXAMPLES = """\
 examples:
   genlab summary dcgan-celeba64
@@ -130,6 +137,20 @@ def add_parsers(sub) -> None:
     p.add_argument("--seed", type=int, default=defaults.seed, help=f"first sample seed (default {defaults.seed})")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--json", action="store_true", help="print only JSON on stdout")
+    add_common(p)
+
+    p = sub.add_parser("ema", help=COMMANDS["ema"][1],
+                       description="Post-hoc EMA (Karras et al. 2024): rebuild the EMA of each relative width from the "
+                                   "power-function EMA snapshots a run kept (train.posthoc_ema), score each on the choice "
+                                   "split, and write the best as checkpoints/posthoc-inference.pt.",
+                       epilog=EMA_EXAMPLES, formatter_class=fmt)
+    p.add_argument("run", type=Path, metavar="RUN_DIR", help="a run trained with train.posthoc_ema")
+    p.add_argument("--sigma-rel", default="0.02,0.05,0.08,0.12,0.16",
+                   help="comma-separated relative widths to rebuild (default: 0.02,0.05,0.08,0.12,0.16)")
+    p.add_argument("--metric", default="swd", help="what chooses between them, on the choice split (default: swd)")
+    p.add_argument("--n", type=int, default=2000, help="generated images per width (default: 2000)")
+    p.add_argument("--seed", type=int, default=defaults.seed, help=f"first sample seed (default {defaults.seed})")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     add_common(p)
 
     p = sub.add_parser("summary", help=COMMANDS["summary"][1],
@@ -217,6 +238,26 @@ def cmd_eval(args) -> int:
             extra = f" ± {r['std']:.4g}" if "std" in r else ""
             extra += f" (real: {r['real']:.4g})" if "real" in r else ""
             print(f"{name:<10} {r['value']:.6g}{extra}\n           [{r['protocol']}]")
+    return 0
+
+
+def cmd_ema(args) -> int:
+    positive("--n", args.n)
+    try:
+        sigma_rels = [float(s) for s in args.sigma_rel.split(",") if s.strip()]
+    except ValueError as e:
+        raise GenlabError(f"--sigma-rel {args.sigma_rel}: give comma-separated numbers such as 0.05,0.10") from e
+    if not sigma_rels:
+        raise GenlabError("--sigma-rel: give at least one relative width")
+    settings = EvalSettings(n=args.n, batch_size=args.batch_size, seed=args.seed)
+    result = api.posthoc_ema(args.run, sigma_rels, args.metric, settings, args.device)
+    print(f"sigma_rel  gamma    {result['rows'][0]['metric']:<10} profile error  [choice split]")
+    for r in result["rows"]:
+        mark = "  <- chosen" if r["sigma_rel"] == result["chosen"]["sigma_rel"] else ""
+        print(f"{r['sigma_rel']:<9g}  {r['gamma']:<7.2f}  {r['value']:<10.4g} {r['profile_error']:<13.2%}{mark}")
+    print(f"[{result['chosen']['protocol']}]")
+    log.info("wrote %s (sample or evaluate it like any checkpoint: genlab eval %s)", result["checkpoint"],
+             result["checkpoint"])
     return 0
 
 

@@ -57,12 +57,20 @@ def _header(cfg: Config, image_shape, progress: dict, kind: str) -> dict[str, An
             "method": cfg.method, "config": cfg.to_dict(), "image_shape": list(image_shape), "progress": progress}
 
 
+def inference_header(cfg: Config, image_shape, progress: dict) -> dict[str, Any]:
+    """What every lean inference snapshot starts with (weights added by the writer)."""
+    return _header(cfg, image_shape, progress, "inference")
+
+
 def save_checkpoint(path: Path, cfg: Config, image_shape, method_state: dict, progress: dict,
-                    ema_state: dict | None = None) -> None:
+                    ema_state: dict | None = None, posthoc_state: dict | None = None) -> None:
     """The full state to ``path`` and the inference snapshot beside it. Each is written to a temporary
-    file and renamed into place, so a crash or a full disk mid-write leaves the previous one intact."""
+    file and renamed into place, so a crash or a full disk mid-write leaves the previous one intact.
+    ``posthoc_state``: the post-hoc EMA's running averages (genlab.train.posthoc_ema), for resume."""
     payload = {**_header(cfg, image_shape, progress, "full"), "state": method_state, "ema": ema_state,
                "rng": rng_state()}
+    if posthoc_state is not None:
+        payload["posthoc_ema"] = posthoc_state
     atomic_write(path, lambda tmp: torch.save(payload, tmp), "checkpoint")
     networks = dict(method_state["networks"])
     if ema_state is not None:
@@ -75,6 +83,10 @@ def save_checkpoint(path: Path, cfg: Config, image_shape, method_state: dict, pr
 
 def weights_description(payload: dict[str, Any]) -> str:
     """Which weights a model built from ``payload`` samples with, for protocol strings."""
+    if payload.get("weights") == "posthoc-ema":
+        chosen = payload.get("posthoc_ema") or {}
+        return (f"post-hoc EMA weights (sigma_rel {chosen.get('sigma_rel')}, chosen on the choice split by "
+                f"{chosen.get('metric')})")
     if payload.get("weights") == "ema" or payload.get("weights_used") == "ema":
         decay = payload.get("ema_decay") or (payload.get("ema") or {}).get("decay")
         return f"EMA weights (decay {decay})"
@@ -113,7 +125,7 @@ def build_method_from_checkpoint(path: Path, device: torch.device, raw_weights: 
     payload = load_checkpoint(path)
     cfg = config_from_checkpoint(payload, path)
     method = build_method(cfg, tuple(payload["image_shape"]), device)
-    if raw_weights and payload.get("weights") == "ema":
+    if raw_weights and payload.get("weights") in ("ema", "posthoc-ema"):
         raise GenlabError(f"{path} is an inference snapshot that holds the EMA weights only; the raw weights are in "
                           f"{path.with_name(path.name.replace(INFERENCE_SUFFIX, ''))}")
     method.load_state_dict(payload["state"], networks_only=True, source=str(path))

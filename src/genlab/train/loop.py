@@ -41,6 +41,7 @@ from genlab.metrics.evaluate import Evaluator, flat_values
 from genlab.metrics.table import HIGHER_IS_BETTER
 from genlab.train.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from genlab.train.ema import EMA
+from genlab.train.posthoc_ema import PowerEMA
 from genlab.train.progress import Progress, check_run, epoch_permutation, seed_rank
 from genlab.train.rundir import (
     NoWriter,
@@ -65,7 +66,8 @@ STOPS_INSIDE_AN_EPOCH = ("max_steps", "max_minutes", "SIGTERM", "SIGINT")  # the
 
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, device: torch.device, data: ImageSplits, method: Method,
-                 progress: Progress, quiet: bool = False, dist: DistInfo = SINGLE, ema_state: dict | None = None):
+                 progress: Progress, quiet: bool = False, dist: DistInfo = SINGLE, ema_state: dict | None = None,
+                 posthoc_state: dict | None = None):
         self.cfg, self.run_dir, self.device, self.dist = cfg, run_dir, device, dist
         self.data, self.method, self.progress, self.quiet = data, method, progress, quiet or not dist.is_main
         n = len(data.train)
@@ -82,6 +84,9 @@ class Trainer:
                         cfg.train.ema_rampup, self.batch_size) if cfg.train.ema_decay > 0 else None)
         if self.ema is not None and ema_state is not None:
             self.ema.load_state_dict(ema_state)
+        self.posthoc = PowerEMA(method, cfg.train.posthoc_ema) if cfg.train.posthoc_ema else None
+        if self.posthoc is not None and posthoc_state is not None:
+            self.posthoc.load_state_dict(posthoc_state)
         self.means = RunningMeans(progress.epoch_sums, progress.epoch_counts)
         self.guard = NonFiniteGuard(device, dist)
         self.clock = TrainingClock(progress.elapsed_s)
@@ -123,6 +128,8 @@ class Trainer:
         self.method.load_state_dict(payload["state"], source=str(last))
         if self.ema is not None and payload.get("ema"):
             self.ema.load_state_dict(payload["ema"])
+        if self.posthoc is not None and payload.get("posthoc_ema"):
+            self.posthoc.load_state_dict(payload["posthoc_ema"])
         rollbacks = self.progress.rollbacks + 1
         saved = Progress(**payload["progress"])
         for f in dataclasses.fields(Progress):
@@ -146,7 +153,8 @@ class Trainer:
             return
         save_checkpoint(checkpoint_path(self.run_dir, which), self.cfg, self.data.image_shape,
                         self.method.state_dict(), dataclasses.asdict(self.progress),
-                        self.ema.state_dict() if self.ema is not None else None)
+                        self.ema.state_dict() if self.ema is not None else None,
+                        self.posthoc.state_dict() if self.posthoc is not None else None)
 
     def _save_position(self) -> None:
         """The position as last.pt, never from weights that produced a non-finite value (the losses
@@ -293,6 +301,8 @@ class Trainer:
             log.info("early stopping: no better %s in %d checks (best at epoch %d)", cfg.monitor, cfg.patience, p.best_epoch)
         if (cfg.grid_every and p.epoch % cfg.grid_every == 0) or stop or p.epoch == cfg.epochs:
             self._write_grids(f"epoch-{p.epoch:04d}")
+        if self.posthoc is not None and not self.cfg.train.posthoc_every and self.dist.is_main:
+            self.posthoc.write_snapshot(self.run_dir)
         self._save("last")
         if improved:
             self._copy_last_to_best()
@@ -345,8 +355,14 @@ class Trainer:
                 stats = self.method.run_step(x, p.step)
         except OUT_OF_MEMORY as e:
             raise GenlabError(self._out_of_memory_message()) from e
-        if self.ema is not None and self.method.averaged_networks_updated(p.step):
-            self.ema.update()
+        if self.method.averaged_networks_updated(p.step):
+            if self.ema is not None:
+                self.ema.update()
+            if self.posthoc is not None:
+                self.posthoc.update()
+                every = self.cfg.train.posthoc_every
+                if every and self.posthoc.updates % every == 0 and self.dist.is_main:
+                    self.posthoc.write_snapshot(self.run_dir)
         self.means.add(stats)
         self.guard.observe(stats)  # accumulated on the device; read with the losses
         p.step, p.batch, p.images_seen = p.step + 1, p.batch + 1, p.images_seen + self.batch_size

@@ -127,6 +127,8 @@ def _checked_resume(run_dir: Path, overrides: list[str]) -> tuple[Config, dict]:
     check_resumable(overrides)
     if overrides:
         cfg = resolve_config(apply_overrides(cfg.to_dict(), overrides))
+    if cfg.train.posthoc_ema and not payload.get("posthoc_ema"):
+        raise GenlabError(f"{last} holds no post-hoc EMA state: train.posthoc_ema must be set when a run starts")
     if cfg.train.ema_decay > 0 and not payload.get("ema"):
         raise GenlabError(f"{last} holds no EMA state although its config sets train.ema_decay")
     return cfg, payload
@@ -173,7 +175,8 @@ def resume_training(run_dir: Path, overrides: list[str], device: torch.device, q
                  f" on {info.world_size} processes" if info.enabled else "")
         if info.is_main:
             _tidy_for_resume(run_dir, progress)
-        trainer = Trainer(cfg, run_dir, device, data, method, progress, quiet, info, ema_state=payload.get("ema"))
+        trainer = Trainer(cfg, run_dir, device, data, method, progress, quiet, info, ema_state=payload.get("ema"),
+                          posthoc_state=payload.get("posthoc_ema"))
         seed_rank(cfg.train.seed, info, progress.step)
         trainer.fit()
     finally:
