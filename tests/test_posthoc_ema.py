@@ -95,7 +95,7 @@ def test_refusals(tmp_path, cli):
     with pytest.raises(GenlabError, match="outside"):
         load_config("tiny-edm", ["train.posthoc_ema=[0.5]"])
     with pytest.raises(GenlabError, match="no networks to average"):
-        load_config("tiny-vae", ["train.posthoc_ema=[0.05]"])
+        load_config("tiny-detector", ["train.posthoc_ema=[0.05]"])
     plain = start_training(load_config("tiny-edm", ["train.epochs=1"]), tmp_path, CPU, quiet=True)
     code, _, err = cli("ema", plain, "--n", "8")
     assert code == 2 and "no post-hoc EMA snapshots" in err and len(err.strip().splitlines()) == 1
