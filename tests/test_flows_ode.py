@@ -285,3 +285,48 @@ def test_flow_matching_refuses_the_edm_only_sampler_and_the_cli_exits_2(cli, tmp
     code, _, err = cli("train", "tiny-edm", "--runs-dir", tmp_path, "--quiet", "model.sigma_min=100")
     assert code == 2 and "sigma_min" in err and len(err.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())  # nothing started
+
+
+# -- spatial latent diffusion -------------------------------------------------------------------------------
+def test_kl_autoencoder_has_an_image_shaped_latent_and_latent_edm_and_flow_matching_train_over_it(tmp_path, cli):
+    import shutil
+
+    first = start_training(load_config("tiny-klae"), tmp_path, CPU, quiet=True)
+    klae, _, _ = build_method_from_checkpoint(first / "checkpoints" / "last.pt", CPU)
+    assert klae.latent_shape() == (2, 4, 4)  # f = 4 at 16 px
+    x = torch.rand(3, 1, 16, 16) * 2 - 1
+    assert klae.encode_latent(x).shape == (3, 2, 4, 4) and klae.reconstruct(x).shape == x.shape
+    for method in ("latent-edm", "latent-flow-matching"):
+        overrides = [f"method={method}", f"init.from_run={first}", "model={}", "model.width=8", "model.mults=[1,2]",
+                     "model.blocks=1", "model.attention=[]", "sampler.name=heun", "sampler.nfe=3"]
+        cfg = load_config("tiny-latent-edm", overrides)
+        assert cfg.model.first_stage["method"] == "kl-autoencoder"
+        run = start_training(cfg, tmp_path, CPU, quiet=True)
+        ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+        theirs = load_checkpoint(first / "checkpoints" / "last.pt")["state"]["networks"]
+        for ours, name in (("first_encoder", "encoder"), ("first_decoder", "decoder")):
+            for key, value in theirs[name].items():
+                assert torch.equal(ckpt["state"]["networks"][ours][key], value), (method, ours, key)  # frozen
+        scale = ckpt["state"]["networks"]["denoiser"]["latent_scale"].item()
+        assert scale > 0 and scale != 1.0  # latents scaled to unit variance
+        m, _, _ = build_method_from_checkpoint(run / "checkpoints" / "last-inference.pt", CPU)
+        assert m.diffusion_shape() == (2, 4, 4)
+        images = m.sample(4, seed=0)
+        assert images.shape == (4, 1, 16, 16) and images.float().std() > 0
+        assert torch.equal(images[2:], m.sample(2, seed=2))
+        assert not hasattr(m, "log_likelihood")  # a latent density is not an image density: no bits/dim
+    # the latent run holds its first stage: it samples with the kl-autoencoder run gone
+    shutil.move(str(first), str(tmp_path / "elsewhere"))
+    code, _, err = cli("sample", run, "--n", "2", "--out", tmp_path / "s.png")
+    assert code == 0, err
+
+
+def test_latent_flows_refuse_first_stages_they_cannot_use(tmp_path):
+    vae = start_training(load_config("tiny-vae", ["train.epochs=1"]), tmp_path, CPU, quiet=True)
+    with pytest.raises(GenlabError, match="image-shaped latent"):  # a flat latent
+        load_config("tiny-latent-edm", [f"init.from_run={vae}"])
+    klae = start_training(load_config("tiny-klae", ["train.epochs=1"]), tmp_path, CPU, quiet=True)
+    with pytest.raises(GenlabError, match="latent is 4x4.*must divide by 8"):
+        load_config("tiny-latent-edm", [f"init.from_run={klae}", "model.mults=[1,2,2,2]"])
+    with pytest.raises(GenlabError, match="init.from_run"):
+        start_training(load_config("tiny-latent-edm"), tmp_path, CPU, quiet=True)

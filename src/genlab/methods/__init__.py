@@ -16,7 +16,19 @@ def build_method(cfg, image_shape: tuple[int, int, int], device):
 
 
 # Importing a family registers it.
-from genlab.methods import autoencoder, diffusion, edm, flow, flow_matching, gan, latent_gan, vae, vaegan  # noqa: E402,F401
+from genlab.methods import (  # noqa: E402,F401
+    autoencoder,
+    diffusion,
+    edm,
+    flow,
+    flow_matching,
+    gan,
+    kl_autoencoder,
+    latent_flow,
+    latent_gan,
+    vae,
+    vaegan,
+)
 
 # The detector (a classifier, not a generator) lives with its benchmark in genlab.detect, above this
 # layer: named here by module, imported when a config or checkpoint first names it.

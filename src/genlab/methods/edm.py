@@ -13,7 +13,7 @@ import torch
 from genlab.errors import GenlabError
 from genlab.losses import edm
 from genlab.methods import METHODS
-from genlab.methods.probability_flow import LIKELIHOOD_KEYS, FlowFamily, UNetFlowConfig
+from genlab.methods.probability_flow import LIKELIHOOD_KEYS, FlowFamily, ODELikelihood, UNetFlowConfig
 
 
 @dataclass
@@ -39,12 +39,14 @@ class EDMConfig(UNetFlowConfig):
             raise GenlabError(f"config key '{prefix}rho' must be > 0 (the schedule's exponent, eq. 5), got {self.rho}")
 
 
-@METHODS.register("edm")
-class EDMMethod(FlowFamily):
-    name = "edm"
-    config_class = EDMConfig
+SAMPLING_KEYS = ("sigma_min", "sigma_max", "rho")
+
+
+class EDMFlow(FlowFamily):
+    """EDM's objective and ODE, in pixel space (``edm``) or a first stage's latent (``latent-edm``)."""
+
     samplers = ("heun", "euler", "midpoint", "edm-stochastic")
-    evaluation_keys = LIKELIHOOD_KEYS + ("sigma_min", "sigma_max", "rho")
+    evaluation_keys = SAMPLING_KEYS
     flow_time_is_sigma = True
 
     def draw_levels(self, n, generator):
@@ -70,3 +72,10 @@ class EDMMethod(FlowFamily):
 
     def flow_likelihood_interval(self):
         return float(self.cfg.sigma_min), float(self.cfg.sigma_max)
+
+
+@METHODS.register("edm")
+class EDMMethod(EDMFlow, ODELikelihood):
+    name = "edm"
+    config_class = EDMConfig
+    evaluation_keys = LIKELIHOOD_KEYS + SAMPLING_KEYS

@@ -24,17 +24,20 @@ LATENT_STATISTICS_IMAGES = 1024  # training images whose latents set the latent 
 FIRST_STAGE_NETWORKS = {"first_encoder": "encoder", "first_decoder": "decoder"}  # init.from_run's default mapping
 
 
-def check_first_stage(cfg, family: str) -> None:
-    """The recorded first stage (model.first_stage) is an encoder family with a flat latent, trained
-    on images of this run's size and channels; nothing to check while a preset names no run yet
-    (refused when the model is built, before anything is written)."""
+def check_first_stage(cfg, family: str, latent_kind: str = "flat") -> None:
+    """The recorded first stage (model.first_stage) is an encoder family with a latent of
+    ``latent_kind`` (flat: a vector; image: channels x height x width), trained on images of this
+    run's size and channels; nothing to check while a preset names no run yet (refused when the
+    model is built, before anything is written)."""
     fs = cfg.model.first_stage
     if not fs:
         return
     base_cls = METHODS.get(fs.get("method", ""))
-    if not issubclass(base_cls, Encoder) or base_cls.latent_kind != "flat":
-        raise GenlabError(f"init.from_run: its method {base_cls.name!r} has no encoder with a flat latent; "
-                          f"{family} needs a VAE or autoencoder run")
+    if not issubclass(base_cls, Encoder) or base_cls.latent_kind != latent_kind:
+        needs = ("a VAE or autoencoder run" if latent_kind == "flat"
+                 else "a first stage with an image-shaped latent (a kl-autoencoder run)")
+        raise GenlabError(f"init.from_run: its method {base_cls.name!r} has no encoder with a{'' if latent_kind == 'flat' else 'n'} "
+                          f"{'flat' if latent_kind == 'flat' else 'image-shaped'} latent; {family} needs {needs}")
     size, channels = fs.get("size"), fs.get("channels")
     if (size, channels) != (cfg.data.size, cfg.data.channels):
         raise GenlabError(f"init.from_run: the first stage was trained on {size}x{size} images with {channels} "

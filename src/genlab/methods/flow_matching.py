@@ -14,7 +14,7 @@ from genlab.config import check_choice
 from genlab.errors import GenlabError
 from genlab.losses import flow_matching as fm
 from genlab.methods import METHODS
-from genlab.methods.probability_flow import FlowFamily, UNetFlowConfig
+from genlab.methods.probability_flow import LIKELIHOOD_KEYS, FlowFamily, ODELikelihood, UNetFlowConfig
 
 
 @dataclass
@@ -30,11 +30,12 @@ class FlowMatchingConfig(UNetFlowConfig):
             raise GenlabError(f"config key '{prefix}time_std' must be > 0, got {self.time_std}")
 
 
-@METHODS.register("flow-matching", aliases=("rectified-flow",))
-class FlowMatchingMethod(FlowFamily):
-    name = "flow-matching"
-    config_class = FlowMatchingConfig
+class FlowMatchingFlow(FlowFamily):
+    """Flow matching's objective and ODE, in pixel space (``flow-matching``) or a first stage's latent
+    (``latent-flow-matching``)."""
+
     samplers = ("heun", "euler", "midpoint")
+    evaluation_keys = ()
 
     def draw_levels(self, n, generator):
         return fm.sample_times(n, self.cfg.time_sampling, self.cfg.time_mean, self.cfg.time_std, self.device, generator)
@@ -58,3 +59,10 @@ class FlowMatchingMethod(FlowFamily):
 
     def flow_likelihood_interval(self):
         return 0.0, 1.0
+
+
+@METHODS.register("flow-matching", aliases=("rectified-flow",))
+class FlowMatchingMethod(FlowMatchingFlow, ODELikelihood):
+    name = "flow-matching"
+    config_class = FlowMatchingConfig
+    evaluation_keys = LIKELIHOOD_KEYS

@@ -64,13 +64,13 @@ class UNetFlowConfig:
         return LikelihoodSettings(self.divergence, self.probes, self.ode_rtol, self.ode_atol, self.ode_solver)
 
 
-class FlowFamily(Method, ProbabilityFlow, Likelihood):
-    """A U-Net family sampled through its probability-flow ODE."""
+class FlowFamily(Method, ProbabilityFlow):
+    """A U-Net family sampled through its probability-flow ODE, in pixel space or (``LatentFlow``) in
+    the image-shaped latent space of a frozen first stage."""
 
     has_validation_loss = True
     ema_targets = ("denoiser",)
     latent_kind = "image"
-    evaluation_keys = LIKELIHOOD_KEYS
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -81,11 +81,15 @@ class FlowFamily(Method, ProbabilityFlow, Likelihood):
 
     def __init__(self, cfg: UNetFlowConfig, image_shape, device):
         super().__init__(cfg, image_shape, device)
-        channels, size, _ = image_shape
+        self.attach_first_stage()
+        channels, size, _ = self.diffusion_shape()
         self.nets.denoiser = UNet(channels, size, cfg.width, tuple(cfg.mults), cfg.blocks, tuple(cfg.attention),
                                   cfg.dropout).to(device)
         self.opt = make_optimizer(cfg.optim, self.denoiser.parameters(), device)
         self.sched = make_scheduler(cfg.optim, self.opt)
+
+    def attach_first_stage(self) -> None:
+        """A latent family's frozen first stage, before the U-Net is sized to its latent (pixel: nothing)."""
 
     # -- what a flow family defines ----------------------------------------------------------------
     def objective(self, x0: torch.Tensor, noise: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
@@ -105,15 +109,21 @@ class FlowFamily(Method, ProbabilityFlow, Likelihood):
 
     def example_inputs(self):
         inputs = super().example_inputs()
-        inputs["denoiser"] = (torch.zeros(1, *self.image_shape, device=self.device),
+        inputs["denoiser"] = (torch.zeros(1, *self.diffusion_shape(), device=self.device),
                               torch.zeros(1, device=self.device))
+        if "first_decoder" in inputs:
+            inputs["first_decoder"] = (torch.zeros(1, *self.diffusion_shape(), device=self.device),)
         return inputs
 
     def latent_shape(self):
-        return self.image_shape
+        return self.diffusion_shape()
 
     def diffusion_shape(self):
         return self.image_shape
+
+    def to_diffused(self, x: torch.Tensor) -> torch.Tensor:
+        """Training images in [-1, 1] -> what the ODE transports (the images, or their scaled latents)."""
+        return x
 
     def finish(self, x):
         return x.clamp(-1, 1)
@@ -122,17 +132,19 @@ class FlowFamily(Method, ProbabilityFlow, Likelihood):
         return {"loss": self.objective(x0, noise, levels).mean()}
 
     def train_step(self, x, step):
+        x0 = self.to_diffused(x)
         # noise and levels for the whole batch before any micro-batch split, so accumulation changes nothing
-        levels = self.draw_levels(x.shape[0], None)
-        noise = torch.randn_like(x)
-        return self.stepper.minimize(self.opt, self._loss, x, noise, levels,
+        levels = self.draw_levels(x0.shape[0], None)
+        noise = torch.randn_like(x0)
+        return self.stepper.minimize(self.opt, self._loss, x0, noise, levels,
                                      clip=self.cfg.optim.grad_clip, agc=self.cfg.optim.agc)
 
     @torch.no_grad()
     def validation_step(self, x, generator):
-        levels = self.draw_levels(x.shape[0], generator)
-        noise = torch.randn(x.shape, generator=generator).to(x.device)
-        return self._loss(x, noise, levels)
+        x0 = self.to_diffused(x)
+        levels = self.draw_levels(x0.shape[0], generator)
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        return self._loss(x0, noise, levels)
 
     def generate(self, z):
         """The deterministic map from a standard normal z to a sample: Heun's method (Algorithm 1) on
@@ -140,6 +152,11 @@ class FlowFamily(Method, ProbabilityFlow, Likelihood):
         nfe = getattr(self.sampling, "nfe", HeunOptions().nfe)
         steps = max((nfe + 1) // 2, 2)
         return self.finish(heun_loop(self, z.float() * self.flow_prior_std(), self.flow_times(steps).tolist()))
+
+
+
+class ODELikelihood(Likelihood):
+    """Bits/dim of a pixel-space flow family through its probability-flow ODE."""
 
     def log_likelihood(self, x):
         return flow_log_likelihood(self, x, self.cfg.likelihood_settings(),
