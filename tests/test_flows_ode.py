@@ -315,6 +315,9 @@ def test_kl_autoencoder_has_an_image_shaped_latent_and_latent_edm_and_flow_match
         assert images.shape == (4, 1, 16, 16) and images.float().std() > 0
         assert torch.equal(images[2:], m.sample(2, seed=2))
         assert not hasattr(m, "log_likelihood")  # a latent density is not an image density: no bits/dim
+    for target in ("tiny-klae", "tiny-edm", run):  # every network's summary (torchinfo) runs on its example input
+        code, out, err = cli("summary", target)
+        assert code == 0 and "parameters" in out, err
     # the latent run holds its first stage: it samples with the kl-autoencoder run gone
     shutil.move(str(first), str(tmp_path / "elsewhere"))
     code, _, err = cli("sample", run, "--n", "2", "--out", tmp_path / "s.png")

@@ -80,6 +80,9 @@ class KLAutoencoderMethod(Method, Encoder):
     def latent_shape(self):
         return (self.cfg.latent_channels, self.side, self.side)
 
+    def example_inputs(self):
+        return {**super().example_inputs(), "decoder": (torch.zeros(1, *self.latent_shape(), device=self.device),)}
+
     def _losses(self, x, noise):
         mean, logvar = self.encoder(x)
         out = self.decoder(posterior_sample(mean, logvar, noise)).float()

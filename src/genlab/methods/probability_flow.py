@@ -110,7 +110,7 @@ class FlowFamily(Method, ProbabilityFlow):
     def example_inputs(self):
         inputs = super().example_inputs()
         inputs["denoiser"] = (torch.zeros(1, *self.diffusion_shape(), device=self.device),
-                              torch.zeros(1, device=self.device))
+                              torch.ones(1, device=self.device))  # (a noise level of 1: EDM's c_noise takes its log)
         if "first_decoder" in inputs:
             inputs["first_decoder"] = (torch.zeros(1, *self.diffusion_shape(), device=self.device),)
         return inputs
