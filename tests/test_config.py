@@ -5,8 +5,12 @@ from genlab.detect.family import DetectorConfig
 from genlab.errors import GenlabError
 from genlab.methods.autoencoder import AutoencoderConfig
 from genlab.methods.diffusion import DiffusionConfig, LatentDiffusionConfig
+from genlab.methods.edm import EDMConfig
 from genlab.methods.flow import RealNVPConfig
+from genlab.methods.flow_matching import FlowMatchingConfig
 from genlab.methods.gan import GANConfig
+from genlab.methods.kl_autoencoder import KLAutoencoderConfig
+from genlab.methods.latent_flow import LatentEDMConfig, LatentFlowMatchingConfig
 from genlab.methods.latent_gan import LatentGANConfig
 from genlab.methods.vae import VAEConfig
 from genlab.methods.vaegan import VAEGANConfig
@@ -22,7 +26,9 @@ def test_every_shipped_preset_resolves():
         assert cfg.name == name
         expected = {"vae": VAEConfig, "gan": GANConfig, "realnvp": RealNVPConfig, "ddpm": DiffusionConfig,
                     "latent-ddpm": LatentDiffusionConfig, "detector": DetectorConfig,
-                    "autoencoder": AutoencoderConfig, "vaegan": VAEGANConfig, "latent-gan": LatentGANConfig}[cfg.method]
+                    "autoencoder": AutoencoderConfig, "vaegan": VAEGANConfig, "latent-gan": LatentGANConfig,
+                    "edm": EDMConfig, "flow-matching": FlowMatchingConfig, "kl-autoencoder": KLAutoencoderConfig,
+                    "latent-edm": LatentEDMConfig, "latent-flow-matching": LatentFlowMatchingConfig}[cfg.method]
         assert type(cfg.model) is expected
         assert load_preset(name)["description"]
 
@@ -148,8 +154,8 @@ def test_the_sampler_section_is_typed_by_its_sampler():
     assert load_config("tiny-vae").sampler.name == "latent"  # the family's default sampler
     with pytest.raises(GenlabError, match="unknown config key 'sampler.steps'"):
         load_config("tiny-dcgan", ["sampler.steps=10"])
-    with pytest.raises(GenlabError, match="unknown sampler 'euler'"):
-        load_config("tiny-dcgan", ["sampler.name=euler"])
+    with pytest.raises(GenlabError, match="unknown sampler 'rk4'"):
+        load_config("tiny-dcgan", ["sampler.name=rk4"])
     with pytest.raises(GenlabError, match="sampler.name=ddim: method 'gan' samples with latent"):
         load_config("tiny-dcgan", ["sampler.name=ddim"])
     with pytest.raises(GenlabError, match="'sampler.temperature' must be > 0"):
