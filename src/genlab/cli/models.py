@@ -115,7 +115,8 @@ def add_parsers(sub) -> None:
                        epilog=EVAL_EXAMPLES, formatter_class=fmt)
     p.add_argument("run", type=Path, nargs="?", metavar="RUN_DIR", help="run directory or checkpoint file")
     p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="data keys for --real (size=64 ...); sampler.* keys for a run (sampler.steps=100)")
+                   help="data keys for --real (size=64 ...); for a run, sampler.* keys (sampler.steps=100) and the "
+                        "family's evaluation keys (model.bound_timesteps=100, model.divergence=hutchinson)")
     p.add_argument("--metrics", default=None,
                    help=f"comma-separated (default: all the run's family can give, except ppl): {_metrics_help()}")
     p.add_argument("--n", type=int, default=defaults.n, help=f"generated images (default: {defaults.n}, the FID protocol)")
