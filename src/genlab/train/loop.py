@@ -54,7 +54,7 @@ from genlab.train.rundir import (
     update_json,
 )
 from genlab.train.signals import StopSignals
-from genlab.train.speed import apply_plan, begin_step, place_images, plan_speed
+from genlab.train.speed import apply_plan, begin_step, out_of_memory_message, place_images, plan_speed
 from genlab.train.window import Diverged, NonFiniteGuard, RunningMeans, TrainingClock
 
 log = logging.getLogger("genlab")
@@ -82,11 +82,10 @@ class Trainer:
         self._rollbacks_since_save = 0
         self.ema = (EMA(method, cfg.train.ema_decay, cfg.train.ema_warmup, cfg.train.ema_halflife_kimg * 1000,
                         cfg.train.ema_rampup, self.batch_size) if cfg.train.ema_decay > 0 else None)
-        if self.ema is not None and ema_state is not None:
-            self.ema.load_state_dict(ema_state)
-        self.posthoc = PowerEMA(method, cfg.train.posthoc_ema) if cfg.train.posthoc_ema else None
-        if self.posthoc is not None and posthoc_state is not None:
-            self.posthoc.load_state_dict(posthoc_state)
+        self.posthoc = PowerEMA.for_run(method, cfg.train, run_dir, dist.is_main)  # post-hoc EMA's averages
+        for average, state in ((self.ema, ema_state), (self.posthoc, posthoc_state)):
+            if average is not None and state is not None:
+                average.load_state_dict(state)
         self.means = RunningMeans(progress.epoch_sums, progress.epoch_counts)
         self.guard = NonFiniteGuard(device, dist)
         self.clock = TrainingClock(progress.elapsed_s)
@@ -112,24 +111,15 @@ class Trainer:
         return f"EMA weights (decay {self.ema.decay})" if self.ema is not None else "raw weights"
 
     # -- helpers ------------------------------------------------------------------------------
-    def _out_of_memory_message(self) -> str:
-        where = str(self.device)
-        if self.device.type == "cuda":
-            total = torch.cuda.get_device_properties(self.device).total_memory / 2**30
-            where += f" ({torch.cuda.get_device_name(self.device)}, {total:.0f} GiB)"
-        return (f"out of memory: a batch of {self.rank_batch} images of {'x'.join(map(str, self.data.image_shape))} "
-                f"does not fit on {where} for {self.cfg.method}; lower train.batch_size (now {self.batch_size})")
-
     def _rollback(self, last: Path) -> None:
         """Back to the last checkpoint (weights, optimizers, EMA, position, RNG) with every learning
         rate times train.rollback_lr_factor for each rollback since that checkpoint was written."""
         barrier(self.dist)
         payload = load_checkpoint(last)
         self.method.load_state_dict(payload["state"], source=str(last))
-        if self.ema is not None and payload.get("ema"):
-            self.ema.load_state_dict(payload["ema"])
-        if self.posthoc is not None and payload.get("posthoc_ema"):
-            self.posthoc.load_state_dict(payload["posthoc_ema"])
+        for average, key in ((self.ema, "ema"), (self.posthoc, "posthoc_ema")):
+            if average is not None and payload.get(key):
+                average.load_state_dict(payload[key])
         rollbacks = self.progress.rollbacks + 1
         saved = Progress(**payload["progress"])
         for f in dataclasses.fields(Progress):
@@ -301,8 +291,8 @@ class Trainer:
             log.info("early stopping: no better %s in %d checks (best at epoch %d)", cfg.monitor, cfg.patience, p.best_epoch)
         if (cfg.grid_every and p.epoch % cfg.grid_every == 0) or stop or p.epoch == cfg.epochs:
             self._write_grids(f"epoch-{p.epoch:04d}")
-        if self.posthoc is not None and not self.cfg.train.posthoc_every and self.dist.is_main:
-            self.posthoc.write_snapshot(self.run_dir)
+        if self.posthoc is not None:
+            self.posthoc.end_epoch()
         self._save("last")
         if improved:
             self._copy_last_to_best()
@@ -354,15 +344,11 @@ class Trainer:
             with self.speed.autocast():
                 stats = self.method.run_step(x, p.step)
         except OUT_OF_MEMORY as e:
-            raise GenlabError(self._out_of_memory_message()) from e
+            raise GenlabError(out_of_memory_message(self.device, self.rank_batch, self.data.image_shape,
+                                                    self.cfg.method, self.batch_size)) from e
         if self.method.averaged_networks_updated(p.step):
-            if self.ema is not None:
-                self.ema.update()
-            if self.posthoc is not None:
-                self.posthoc.update()
-                every = self.cfg.train.posthoc_every
-                if every and self.posthoc.updates % every == 0 and self.dist.is_main:
-                    self.posthoc.write_snapshot(self.run_dir)
+            for average in filter(None, (self.ema, self.posthoc)):
+                average.update()
         self.means.add(stats)
         self.guard.observe(stats)  # accumulated on the device; read with the losses
         p.step, p.batch, p.images_seen = p.step + 1, p.batch + 1, p.images_seen + self.batch_size

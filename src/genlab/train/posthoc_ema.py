@@ -55,7 +55,9 @@ def gamma_to_sigma_rel(gamma: float) -> float:
 class PowerEMA:
     """Power-function EMAs of a family's ``ema_targets``, one per sigma_rel, updated together."""
 
-    def __init__(self, method, sigma_rels: list[float]):
+    def __init__(self, method, sigma_rels: list[float], run_dir: Path | None = None, every: int = 0,
+                 writes: bool = True):
+        self.run_dir, self.every, self.writes = run_dir, every, writes and run_dir is not None
         self.sigma_rels = [float(s) for s in sigma_rels]
         self.gammas = [sigma_rel_to_gamma(s) for s in self.sigma_rels]
         self.updates = 0
@@ -64,8 +66,26 @@ class PowerEMA:
         self.shadows = [{name: copy.deepcopy(net).requires_grad_(False) for name, net in self.targets.items()}
                         for _ in self.sigma_rels]
 
+    @classmethod
+    def for_run(cls, method, train_cfg, run_dir: Path, is_main: bool) -> "PowerEMA | None":
+        """The averages ``train.posthoc_ema`` asks for (None when it is empty), writing snapshots into
+        ``run_dir`` every ``train.posthoc_every`` updates, or at each epoch's end (rank 0 only)."""
+        if not train_cfg.posthoc_ema:
+            return None
+        return cls(method, train_cfg.posthoc_ema, run_dir, train_cfg.posthoc_every, is_main)
+
+    def end_epoch(self) -> None:
+        if self.writes and not self.every:
+            self.write_snapshot(self.run_dir)
+
     @torch.no_grad()
     def update(self) -> None:
+        """One update of every average (eq. 2), and the snapshot when one is due."""
+        self._average()
+        if self.writes and self.every and self.updates % self.every == 0:
+            self.write_snapshot(self.run_dir)
+
+    def _average(self) -> None:
         self.updates += 1
         t = self.updates
         for gamma, shadows in zip(self.gammas, self.shadows):

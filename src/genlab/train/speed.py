@@ -131,3 +131,13 @@ def place_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
         return images.to(device)
     log.info("training images (%.1f GB) stay on the host: the GPU has %.1f GB free", nbytes / 1e9, free / 1e9)
     return images
+
+
+def out_of_memory_message(device: torch.device, rank_batch: int, image_shape, method: str, batch_size: int) -> str:
+    """One line for a batch that does not fit on the device: what, where, and what to lower."""
+    where = str(device)
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory / 2**30
+        where += f" ({torch.cuda.get_device_name(device)}, {total:.0f} GiB)"
+    return (f"out of memory: a batch of {rank_batch} images of {'x'.join(map(str, image_shape))} does not fit on "
+            f"{where} for {method}; lower train.batch_size (now {batch_size})")
