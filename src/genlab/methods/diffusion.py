@@ -30,7 +30,7 @@ from genlab.methods.first_stage import (
     record_first_stage,
 )
 from genlab.methods.step import make_optimizer, make_scheduler
-from genlab.models.unet import MLPDenoiser, UNet
+from genlab.models.unet import MLPDenoiser, UNet, check_unet_side
 from genlab.samplers.diffusion import DDIMOptions, DiffusionChain, check_steps, ddim_loop
 
 NEEDS_BASE_RUN = ("method latent-ddpm diffuses in the latent space of a trained run: set init.from_run=RUN_DIR "
@@ -147,10 +147,7 @@ class DDPMMethod(_DiffusionBase, Likelihood):
 
     @classmethod
     def check_config(cls, cfg) -> None:
-        need = 2 ** (len(cfg.model.mults) - 1)
-        if cfg.data.size % need:
-            raise GenlabError(f"data.size={cfg.data.size}: a U-Net with {len(cfg.model.mults)} resolutions halves the "
-                              f"side {len(cfg.model.mults) - 1} times, so it must divide by {need}")
+        check_unet_side(f"data.size={cfg.data.size}", cfg.data.size, cfg.model.mults)
         _check_sampler_steps(cfg)
 
     def __init__(self, cfg: DiffusionConfig, image_shape, device):

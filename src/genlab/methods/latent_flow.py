@@ -12,7 +12,6 @@ from typing import Any
 import torch
 
 from genlab.distributed import unwrap
-from genlab.errors import GenlabError
 from genlab.methods import METHODS
 from genlab.methods.edm import EDMConfig, EDMFlow
 from genlab.methods.first_stage import (
@@ -24,6 +23,7 @@ from genlab.methods.first_stage import (
     record_first_stage,
 )
 from genlab.methods.flow_matching import FlowMatchingConfig, FlowMatchingFlow
+from genlab.models.unet import check_unet_side
 
 NEEDS_FIRST_STAGE = ("latent EDM and latent flow matching work in the latent space of a trained first stage: set "
                      "init.from_run=RUN_DIR (a kl-autoencoder run on the same images)")
@@ -44,11 +44,7 @@ class LatentFlow:
         first = build_first_stage(fs, (cfg.data.channels, cfg.data.size, cfg.data.size), torch.device("cpu"),
                                   NEEDS_FIRST_STAGE)
         _, side, _ = first.latent_shape()
-        need = 2 ** (len(cfg.model.mults) - 1)
-        if side % need:
-            raise GenlabError(f"init.from_run: the first stage's latent is {side}x{side}, but a U-Net with "
-                              f"{len(cfg.model.mults)} resolutions (model.mults) halves its side "
-                              f"{len(cfg.model.mults) - 1} times, so it must divide by {need}")
+        check_unet_side(f"init.from_run: the first stage's latent is {side}x{side}", side, cfg.model.mults)
 
     @classmethod
     def configure_from_base(cls, model_cfg, base_config) -> None:

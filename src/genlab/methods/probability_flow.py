@@ -17,7 +17,7 @@ from genlab.errors import GenlabError
 from genlab.methods.abilities import Likelihood
 from genlab.methods.base import Method
 from genlab.methods.step import make_optimizer, make_scheduler
-from genlab.models.unet import UNet
+from genlab.models.unet import UNet, check_unet_side
 from genlab.samplers.ode import (
     HeunOptions,
     LikelihoodSettings,
@@ -74,10 +74,7 @@ class FlowFamily(Method, ProbabilityFlow):
 
     @classmethod
     def check_config(cls, cfg) -> None:
-        need = 2 ** (len(cfg.model.mults) - 1)
-        if cfg.data.size % need:
-            raise GenlabError(f"data.size={cfg.data.size}: a U-Net with {len(cfg.model.mults)} resolutions halves the "
-                              f"side {len(cfg.model.mults) - 1} times, so it must divide by {need}")
+        check_unet_side(f"data.size={cfg.data.size}", cfg.data.size, cfg.model.mults)
 
     def __init__(self, cfg: UNetFlowConfig, image_shape, device):
         super().__init__(cfg, image_shape, device)

@@ -9,6 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from genlab.errors import GenlabError
+
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     """Sinusoidal embedding of integer timesteps (Vaswani et al. 2017, section 3.5), as DDPM uses."""
@@ -21,6 +23,15 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 def group_norm(channels: int) -> nn.GroupNorm:
     # 32 groups as in DDPM; fewer when a tiny test model has fewer channels than that
     return nn.GroupNorm(math.gcd(32, channels), channels)
+
+
+def check_unet_side(what: str, side: int, mults) -> None:
+    """A side the U-Net's stride-2 steps (one fewer than its resolutions) divide exactly, or a
+    GenlabError that starts with ``what`` (the key or input that set the side)."""
+    need = 2 ** (len(mults) - 1)
+    if side % need:
+        raise GenlabError(f"{what}: a U-Net with {len(mults)} resolutions (model.mults) halves the side "
+                          f"{len(mults) - 1} times, so it must divide by {need}")
 
 
 class ResBlock(nn.Module):
