@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from genlab.analysis import commands as analyses
+from genlab.analysis.evaluation import evaluate_run
 from genlab.config import Config, DataConfig, EvalSettings
 from genlab.data import build_dataset
 from genlab.detect.adversary import attach_adversary
@@ -26,13 +27,16 @@ from genlab.distributed import SINGLE, DistInfo, resolve_device
 from genlab.errors import GenlabError
 from genlab.metrics.evaluate import Evaluator
 from genlab.metrics.inputs import load_images
-from genlab.metrics.table import SAMPLE_METRICS, default_metrics, parse_metrics
+from genlab.metrics.table import SAMPLE_METRICS, parse_metrics
 from genlab.report import write_report
-from genlab.resolve import load_config, resolve_config, with_evaluation_overrides, with_sampler_overrides
+from genlab.resolve import (
+    load_config,
+    resolve_config,
+    with_sampler_overrides,
+)
 from genlab.train import session
-from genlab.train.checkpoint import LoadedModel, load_model, weights_description
+from genlab.train.checkpoint import LoadedModel, load_model
 from genlab.train.posthoc_ema import choose as choose_posthoc_ema
-from genlab.train.rundir import record_evaluation
 
 log = logging.getLogger("genlab")
 
@@ -109,23 +113,7 @@ def evaluate(run: Path | str, metrics: list[str] | None = None, settings: EvalSe
     ``metrics`` default to all the family can give except PPL; ``overrides`` are ``sampler.*`` keys
     and the family's evaluation keys (``model.iw_samples``, ``model.bound_timesteps``). With
     ``record``, a run directory's metrics.json and stats.jsonl get the results."""
-    settings = settings or EvalSettings()
-    device = _device(device)
-    method, cfg, payload, path = load(run, device, checkpoint, weights)
-    if overrides:
-        cfg = with_evaluation_overrides(cfg, overrides)
-        method.sampling, method.cfg = cfg.sampler, cfg.model
-    metrics = parse_metrics(metrics) if metrics else default_metrics(type(method))
-    step = payload["progress"]["step"]
-    label = f"{cfg.method} {path.name} at step {step}, {weights_description(payload)}"
-    evaluator = Evaluator(build_dataset(cfg.data), cfg.data, settings, device)
-    results, _ = evaluator.score_method(method, metrics, label)
-    split = evaluator.scored_split()
-    for r in results.values():
-        r.update({"checkpoint": path.name, "step": step, "split": split})
-    if record and Path(run).is_dir():
-        record_evaluation(Path(run), results, step, path.name, weights_description(payload), settings.split or "report")
-    return results
+    return evaluate_run(run, metrics, settings or EvalSettings(), _device(device), checkpoint, weights, overrides, record)
 
 
 def evaluate_images(real: DataConfig, fake: Path | str, metrics: list[str] | None = None,

@@ -22,6 +22,7 @@ COMMANDS = {
     "summary": ("models", "layers, output shapes, parameters and multiply-adds of a preset's or run's networks"),
     "report": ("compare", "one self-contained HTML page for runs, sweeps and detector matrices"),
     "sweep": ("compare", "a grid of runs over config keys and seeds, with a sweep report"),
+    "bench": ("compare", "rank every entry of a suite at equal compute: a leaderboard page with intervals over seeds"),
     "detect": ("detect", "deepfake-detector benchmark: train, evaluate, cross-generator matrix, adversarial loop"),
     "presets": ("train", "list the shipped presets"),
 }

@@ -1,10 +1,10 @@
-"""`genlab report` and `genlab sweep`: runs side by side."""
+"""`genlab report`, `genlab sweep` and `genlab bench`: runs side by side."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from genlab import sweep
+from genlab import bench, sweep
 from genlab.cli.common import COMMANDS, FORMAT, add_common, positive
 from genlab.errors import GenlabError
 from genlab.metrics.spread import format_interval
@@ -33,6 +33,21 @@ Each run is an ordinary run directory (SWEEP/runs/POINT-seedK); after training i
 (--metrics, default swd). The sweep writes sweep.json, results.json, sweep.png and report.html.
 """
 
+
+
+BENCH_EXAMPLES = """\
+examples:
+  genlab bench --list                                         the shipped suites
+  genlab bench celeba32-cpu data.root=../shared/data/celeba --seeds 0 --parallel 2
+  genlab bench celeba32-cpu data.root=... --seeds 0,1,2 --budget-minutes 7 --out benches/celeba32
+  genlab bench my-suite.yaml --budget-images 40960 --runner ray --gpus-per-run 1
+  genlab bench --resume benches/celeba32 --parallel 2          finish the runs a kill left unscored
+
+Every run is an ordinary run directory (DIR/runs/ENTRY-seedK) trained to the suite's budget (equal
+minutes, images or steps), then scored on the choice and report splits with its sampling cost.
+The bench writes bench.json, results.json (leaderboards: mean and 95% t-interval over seeds, ranks
+with ties), the charts and report.html. key=value arguments are added to every entry (data.root=).
+"""
 
 
 def add_parsers(sub) -> None:
@@ -64,6 +79,27 @@ def add_parsers(sub) -> None:
     p.add_argument("--gpus-per-run", type=float, default=0, help="Ray: GPUs each run requests")
     p.add_argument("--cpus-per-run", type=float, default=1, help="Ray: CPUs each run requests")
     p.add_argument("--list", action="store_true", help="list the shipped sweeps")
+    add_common(p)
+
+    p = sub.add_parser("bench", help=COMMANDS["bench"][1],
+                       description="Train every entry of a suite at the same compute on the same data, score each "
+                                   "under one protocol over seeds, and rank them on one page.", epilog=BENCH_EXAMPLES,
+                       formatter_class=fmt)
+    p.add_argument("suite", nargs="?", help="a shipped suite (--list) or a suite YAML file")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="data keys added to the suite's (data.root=...)")
+    p.add_argument("--seeds", default=None, help="comma-separated training seeds (default: the suite's)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--budget-minutes", type=float, default=None, help="training wall time per run, in minutes")
+    budget.add_argument("--budget-images", type=int, default=None, help="training images seen per run")
+    budget.add_argument("--budget-steps", type=int, default=None, help="optimiser steps per run")
+    p.add_argument("--parallel", type=int, default=1, help="runs at a time (local runner; default 1)")
+    p.add_argument("--out", type=Path, default=None, help="the bench folder (default: benches/SUITE)")
+    p.add_argument("--resume", type=Path, metavar="BENCH_DIR", help="finish a bench: keep scored runs, resume the rest")
+    p.add_argument("--runner", choices=("local", "ray"), default="local")
+    p.add_argument("--ray-address", default="auto", help="the Ray cluster ('auto', or 'local' for a single-node instance)")
+    p.add_argument("--gpus-per-run", type=float, default=0, help="Ray: GPUs each run requests")
+    p.add_argument("--cpus-per-run", type=float, default=1, help="Ray: CPUs each run requests")
+    p.add_argument("--list", action="store_true", help="list the shipped suites")
     add_common(p)
 
 
@@ -116,6 +152,54 @@ def cmd_sweep(args) -> int:
         print(f"  {point['label']:<40} {shown or '(no numbers)'}")
     print(f"wrote {folder / 'results.json'}, {folder / 'sweep.png'} and {report}")
     return 0 if results["finished"] == results["total"] else 1
+
+
+def _runner(args):
+    if args.runner == "ray":
+        return RayRunner(None if args.ray_address == "local" else args.ray_address, args.gpus_per_run, args.cpus_per_run)
+    return LocalRunner(args.parallel)
+
+
+def cmd_bench(args) -> int:
+    if args.list:
+        for name in bench.shipped_suites():
+            suite = bench.load_suite(name, check_entries=False)
+            print(f"{name:<20} {len(suite.entries):>2} entries  {suite.describe_budget()}: {suite.description}")
+        return 0
+    if args.resume is not None:
+        if args.suite or args.overrides or args.seeds or _budget(args):
+            raise GenlabError("--resume BENCH_DIR finishes a bench as it was planned: give no suite, seeds, budget or "
+                              "overrides")
+        bench.read_manifest(args.resume)  # (refuses a folder that is not a bench before a runner starts)
+        folder, results = args.resume, bench.execute(args.resume, _runner(args))
+    else:
+        if args.suite is None:
+            raise GenlabError("name a suite (genlab bench --list) or a suite YAML file, or --resume BENCH_DIR")
+        seeds = sweep.parse_seeds(args.seeds) if args.seeds is not None else None
+        suite = bench.load_suite(args.suite, seeds=seeds, budget=_budget(args), extra_data=list(args.overrides))
+        folder = args.out or Path("benches") / suite.name
+        results = bench.start(suite, folder, _runner(args), args.device, bench.command_line(args.argv))
+    report = write_report([folder], Path(folder) / "report.html", force=True, title=f"genlab bench: suite {results['suite']}")
+    print(f"{results['finished']} of {results['total']} runs finished; report split, {results['interval']}")
+    for metric, board in results["leaderboards"].items():
+        print(f"{metric} ({'higher' if board['higher_is_better'] else 'lower'} is better):")
+        for r in board["rows"]:
+            shown = format_interval(r) if "mean" in r else r["status"]
+            print(f"  {r['rank'] if r['rank'] is not None else '-':>3}  {r['row']:<32} {shown}")
+    for failed in results["failed"]:
+        print(f"  {failed['run']}: {failed['status']}")
+    print(f"wrote {Path(folder) / 'results.json'} and {report}")
+    return 0 if results["finished"] == results["total"] else 1
+
+
+def _budget(args) -> dict | None:
+    if args.budget_minutes is not None:
+        return {"minutes": args.budget_minutes}
+    if args.budget_images is not None:
+        return {"images": args.budget_images}
+    if args.budget_steps is not None:
+        return {"steps": args.budget_steps}
+    return None
 
 
 def _mark(results: dict, metric: str, label: str) -> str:

@@ -28,7 +28,13 @@ from genlab.methods.abilities import Reconstructs
 from genlab.metrics import fidelity, image, swd
 from genlab.metrics.features import DESCRIPTIONS, EXTRACTORS, LOGITS, POOL, extract
 from genlab.metrics.ppl import perceptual_path_length
-from genlab.metrics.table import INCEPTION_METRICS, PIXEL_METRICS, SAMPLE_METRICS, check_metrics_apply, parse_metrics
+from genlab.metrics.table import (
+    INCEPTION_METRICS,
+    PIXEL_METRICS,
+    SAMPLE_METRICS,
+    check_metrics_apply,
+    parse_metrics,
+)
 from genlab.samplers import describe
 
 log = logging.getLogger("genlab")
@@ -181,11 +187,12 @@ class Evaluator:
         return samples, features
 
     def score_method(self, method, metrics: list[str], checkpoint_label: str,
-                     info=None) -> tuple[dict, torch.Tensor | None]:
+                     info=None, samples: torch.Tensor | None = None) -> tuple[dict, torch.Tensor | None]:
         """Every requested metric for a trained family (those it cannot give are refused first, by
-        its declared abilities). Returns results and the generated samples. Under DDP (``info``),
-        every rank must call this: generation and feature extraction are shared, rank 0 gets the
-        results and the other ranks an empty dict."""
+        its declared abilities). Returns results and the generated samples; ``samples`` given are
+        this model's images of the same seeds (an earlier call's), scored again instead of drawn
+        again (against another split). Under DDP (``info``), every rank must call this: generation
+        and feature extraction are shared, rank 0 gets the results and the other ranks an empty dict."""
         check_metrics_apply(metrics, type(method), "metrics")
         info = info or SINGLE
         results: dict[str, dict] = {}
@@ -195,7 +202,10 @@ class Evaluator:
             if any(m in INCEPTION_METRICS for m in metrics):
                 self.extractor()  # fail at once on missing weights, before generating anything
             features = None
-            if info.enabled:
+            if samples is not None:
+                if len(samples) != self.s.n:
+                    raise ValueError(f"{len(samples)} samples given for an evaluation of {self.s.n}")
+            elif info.enabled:
                 samples, features = self._sharded_samples(method, sample_metrics, info)
             else:
                 samples = method.sample(self.s.n, self.s.seed, batch_size=self.s.batch_size)

@@ -62,3 +62,17 @@ def rank_within_noise(spreads: dict[str, dict], higher_is_better: bool = False) 
         overlap = overlaps(spread, spreads[best])
         marks[name] = "1 seed: no interval" if overlap is None else "within noise" if overlap else "worse"
     return best, marks
+
+
+def ranks_with_ties(spreads: dict[str, dict], higher_is_better: bool = False) -> dict[str, int]:
+    """A leaderboard's ranks: 1 + the number of entries clearly better than this one, where clearly
+    better means a better mean with intervals that do not overlap. Entries within noise of each
+    other therefore share a rank unless a third separates them; an entry with one seed (no
+    interval) is ranked by its mean alone."""
+    def better(a: dict, b: dict) -> bool:
+        ahead = a["mean"] > b["mean"] if higher_is_better else a["mean"] < b["mean"]
+        overlap = overlaps(a, b)
+        return ahead and not overlap if overlap is not None else ahead
+
+    return {name: 1 + sum(better(other, spread) for key, other in spreads.items() if key != name)
+            for name, spread in spreads.items()}

@@ -24,7 +24,7 @@ import yaml
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 import genlab
-from genlab import sweep
+from genlab import bench, sweep
 from genlab.analysis.common import pyplot
 from genlab.analysis.curves import curves_figure
 from genlab.analysis.timeline import epoch_grids
@@ -222,6 +222,23 @@ def collect_matrix(folder: Path) -> dict:
             "laundering": list(next(iter(result.get("robustness_auc", {}).values()), {}).keys())}
 
 
+def collect_bench(folder: Path) -> dict:
+    """What `genlab report BENCH_DIR` shows: the leaderboards, charts and grids of its results.json
+    (brought up to date from its runs first)."""
+    folder = Path(folder)
+    results = bench.summarize(folder)
+    charts = {kind: data_uri(folder / name) for kind, name in results["charts"].items() if (folder / name).is_file()}
+    grids = []
+    for row in results["rows"]:
+        first = next((r for r in row["runs"] if r["seed"] == results["seeds"][0]), None)
+        image = folder / first["grid"] if first and first["grid"] else None
+        grids.append({"row": row["row"], "image": data_uri(image) if image and image.is_file() else None,
+                      "note": f"seed {first['seed']}" if image and image.is_file() else
+                      f"no grid ({first['status'] if first else 'no run'})"})
+    return {"name": folder.name, "results": results, "by_row": {r["row"]: r for r in results["rows"]}, "charts": charts,
+            "grids": grids, "machine": json.dumps(results.get("machine") or {}, indent=1)}
+
+
 def classify(path: Path) -> str:
     path = Path(path)
     if not path.exists():
@@ -234,11 +251,13 @@ def classify(path: Path) -> str:
         return "sweep"
     if (path / "matrix.json").is_file():
         return "matrix"
+    if (path / bench.MANIFEST).is_file():
+        return "bench"
     if not any(path.iterdir()):
-        raise GenlabError(f"{path} is empty: not a run directory (no config.yaml), a sweep (no sweep.json) or a detector "
-                          "matrix (no matrix.json)")
-    raise GenlabError(f"{path} is not a run directory (config.yaml and checkpoints/), a sweep folder (sweep.json) or a "
-                      "detector-matrix folder (matrix.json)")
+        raise GenlabError(f"{path} is empty: not a run directory (no config.yaml), a sweep (no sweep.json), a detector "
+                          "matrix (no matrix.json) or a bench (no bench.json)")
+    raise GenlabError(f"{path} is not a run directory (config.yaml and checkpoints/), a sweep folder (sweep.json), a "
+                      "detector-matrix folder (matrix.json) or a bench folder (bench.json)")
 
 
 def build_report(paths: list[Path], title: str | None = None) -> str:
@@ -251,6 +270,7 @@ def build_report(paths: list[Path], title: str | None = None) -> str:
             sweeps.append(sweep_report_data(p))
             runs += [collect_run(Path(r)) for r in sweeps[-1]["run_dirs"] if is_run(Path(r))]
     matrices = [collect_matrix(p) for p, k in kinds if k == "matrix"]
+    benches = [collect_bench(p) for p, k in kinds if k == "bench"]
     metrics = []
     for info in runs:
         metrics += [m for m in info["eval"] if m not in metrics]
@@ -275,7 +295,7 @@ def build_report(paths: list[Path], title: str | None = None) -> str:
         generated=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         version=genlab.__version__, runs=runs, rows=rows, groups=groups, metrics=metrics, curves=curves, curves_note=curves_note,
         sample_rows=sample_rows, samples_note=samples_note, recon_rows=recon_rows, recon_note=recon_note,
-        sweeps=sweeps, matrices=matrices, escape=html.escape)
+        sweeps=sweeps, matrices=matrices, benches=benches, escape=html.escape)
 
 
 def write_report(paths: list[Path], out: Path, force: bool = False, title: str | None = None) -> Path:

@@ -317,8 +317,7 @@ class Trainer:
         return broadcast(stop, self.dist)
 
     # -- the loop -------------------------------------------------------------------------------
-    def _out_of_time(self) -> bool:
-        """(a host clock, no device sync; under DDP rank 0's clock decides for all)"""
+    def _out_of_time(self) -> bool:  # a host clock, no device sync; under DDP rank 0's clock decides for all
         if self.cfg.train.max_minutes is None:
             return False
         spent = self.clock.elapsed() >= self.cfg.train.max_minutes * 60
@@ -364,7 +363,8 @@ class Trainer:
             while p.batch < self.steps_per_epoch:
                 if cfg.max_steps is not None and p.step >= cfg.max_steps:
                     return "max_steps"
-                if p.step % cfg.log_every == 0 and self._out_of_time():  # (checked where losses are read)
+                # each step alone (a time budget ends within one step of it); under DDP where losses are read
+                if (not self.dist.enabled or p.step % cfg.log_every == 0) and self._out_of_time():
                     return "max_minutes"
                 self._train_step(self._batch(order))
                 if p.step % cfg.log_every == 0:
@@ -483,7 +483,7 @@ class Trainer:
             "method": self.cfg.method,
             "processes": self.dist.world_size,
             "dataset": self.data.name,
-            "steps": p.step,
+            "steps": p.step, "images_seen": p.images_seen,
             "epochs_completed": p.epoch,
             "stopped_because": stop_reason,
             "monitor": cfg.monitor,
