@@ -206,8 +206,31 @@ def _detect_matrix() -> list[str]:
     return lines + ["", "One seed per detector: [detect_matrix-cpu](results/detect_matrix-cpu.md)."]
 
 
+def _bench(name: str) -> list[str]:
+    """A `genlab bench` result (results.json with the machine beside it): each metric's leaderboard."""
+    data = _load(name)
+    rows = {r["row"]: r for r in data["rows"]}
+    lines = []
+    for metric, board in data["leaderboards"].items():
+        lines += [f"| rank | entry | {metric} ({'higher' if board['higher_is_better'] else 'lower'} is better), "
+                  "mean ± 95% t | seeds finished | train s | NFE | images/s (sampling) |", "|---|---|---|---|---|---|---|"]
+        for r in board["rows"]:
+            row = rows[r["row"]]
+            shown = _mean_interval(row["values"]["report"][metric]) if r["rank"] is not None else r["status"]
+            speed = f"{row['images_per_s']['mean']:.0f}" if row.get("images_per_s") else "–"
+            train = f"{row['train_time_s']['mean']:.0f}" if row.get("train_time_s") else "–"
+            lines.append(f"| {r['rank'] if r['rank'] is not None else '–'} | {r['row']} | {shown} | "
+                         f"{row['finished']} of {len(row['runs'])} | {train} | {row['nfe'] if row['nfe'] else '–'} | {speed} |")
+        lines.append("")
+    failed = ", ".join(f"`{f['run']}` ({f['status'][:80]})" for f in data.get("failed", [])) or "none"
+    return lines + [f"Suite `{data['suite']}`: {data['budget']}; seeds {', '.join(map(str, data['seeds']))}; "
+                    f"report split, {data['interval']}; rank = 1 + the entries clearly better (ties within noise). "
+                    f"Runs that did not finish: {failed}. Wall time {data['wall_s'] / 60:.0f} minutes: "
+                    f"[{name.removesuffix('.json')}](results/{name.removesuffix('.json')}.md)."]
+
+
 TABLES = {"detect-matrix": _detect_matrix, "vae-families": _vae_families, "gan-quality": _gan_quality, "likelihood": _likelihood,
-          "gan-modern": _gan_modern}
+          "gan-modern": _gan_modern, "bench-celeba32-cpu": lambda: _bench("bench-celeba32-cpu.json")}
 GENERATED = re.compile(r"(<!-- generated: ([\w-]+) -->\n).*?(<!-- end generated -->)", re.S)
 
 

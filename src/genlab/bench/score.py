@@ -25,7 +25,7 @@ from genlab.io import atomic_write
 from genlab.samplers import describe
 from genlab.train.rundir import image_grid, save_grid
 
-SCORE_FILE = "bench.json"
+from genlab.bench import SCORE_FILE
 
 
 @contextmanager

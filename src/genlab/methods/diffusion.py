@@ -16,7 +16,6 @@ from typing import Any
 import torch
 
 from genlab.config import OptimConfig, check_choice, check_positive
-from genlab.distributed import unwrap
 from genlab.errors import GenlabError
 from genlab.losses.diffusion import PREDICTIONS, SCHEDULES, VARIANCES, GaussianDiffusion
 from genlab.methods import METHODS
@@ -24,9 +23,9 @@ from genlab.methods.abilities import Likelihood
 from genlab.methods.base import Method
 from genlab.methods.first_stage import (
     FIRST_STAGE_NETWORKS,
+    ScaledFirstStageLatents,
     attach_first_stage,
     check_first_stage,
-    latent_scale_of,
     record_first_stage,
 )
 from genlab.methods.step import make_optimizer, make_scheduler
@@ -214,7 +213,7 @@ class LatentDiffusionConfig(DiffusionConfig):
 
 
 @METHODS.register("latent-ddpm", aliases=("ldm",))
-class LatentDiffusionMethod(_DiffusionBase):
+class LatentDiffusionMethod(ScaledFirstStageLatents, _DiffusionBase):
     name = "latent-ddpm"
     config_class = LatentDiffusionConfig
     latent_kind = "flat"
@@ -242,9 +241,7 @@ class LatentDiffusionMethod(_DiffusionBase):
         self.first_stage = attach_first_stage(self, cfg.first_stage, NEEDS_BASE_RUN)
         (self.latent_dim,) = self.first_stage.latent_shape()
         self._setup(cfg, MLPDenoiser(self.latent_dim, cfg.width, cfg.blocks, cfg.dropout), device)
-        # 1 / std of the training latents (Rombach et al. 2022, section 4.3.2 and appendix G); a buffer
-        # of the denoiser, so checkpoints, inference snapshots and the EMA carry it
-        self.denoiser.register_buffer("latent_scale", torch.ones((), device=device))
+        self.add_latent_scale()
         self.clip_denoised = cfg.clip_latents
 
     def latent_shape(self):
@@ -253,14 +250,3 @@ class LatentDiffusionMethod(_DiffusionBase):
     def diffusion_shape(self):
         return (self.latent_dim,)
 
-    @torch.no_grad()
-    def to_diffused(self, x):
-        return self.first_stage.encode_latent(x).float() * unwrap(self.denoiser).latent_scale
-
-    def finish(self, z0):
-        return self.first_stage.generate(z0 / unwrap(self.denoiser).latent_scale).clamp(-1, 1)
-
-    @torch.no_grad()
-    def prepare(self, train_images: torch.Tensor) -> None:
-        """Scale the latents to unit variance, from the first training images' latents."""
-        unwrap(self.denoiser).latent_scale.fill_(latent_scale_of(self.first_stage, train_images, self.device))

@@ -15,6 +15,7 @@ import torch
 
 from genlab.config import build_dataclass
 from genlab.data.convert import to_model_range
+from genlab.distributed import unwrap
 from genlab.errors import GenlabError
 from genlab.methods import METHODS
 from genlab.methods.abilities import Encoder
@@ -84,3 +85,25 @@ def attach_first_stage(method: Method, fs: dict, missing: str) -> Method:
     for name, net in first_stage.networks().items():
         method.nets[f"first_{name}"] = net
     return first_stage
+
+
+class ScaledFirstStageLatents:
+    """What a family that diffuses a frozen first stage's latents shares: the latents scaled to unit
+    variance by 1 / std of the training latents (Rombach et al. 2022, section 4.3.2 and appendix G).
+    The scale is a buffer of the denoiser, so checkpoints, inference snapshots and the EMA carry it.
+    The family sets ``self.first_stage`` and ``self.nets.denoiser``, then calls ``add_latent_scale``."""
+
+    def add_latent_scale(self) -> None:
+        self.denoiser.register_buffer("latent_scale", torch.ones((), device=self.device))
+
+    @torch.no_grad()
+    def to_diffused(self, x: torch.Tensor) -> torch.Tensor:
+        return self.first_stage.encode_latent(x).float() * unwrap(self.denoiser).latent_scale
+
+    def finish(self, z: torch.Tensor) -> torch.Tensor:
+        return self.first_stage.generate(z / unwrap(self.denoiser).latent_scale).clamp(-1, 1)
+
+    @torch.no_grad()
+    def prepare(self, train_images: torch.Tensor) -> None:
+        """Scale the latents to unit variance, from the first training images' latents."""
+        unwrap(self.denoiser).latent_scale.fill_(latent_scale_of(self.first_stage, train_images, self.device))

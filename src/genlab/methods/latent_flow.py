@@ -11,15 +11,14 @@ from typing import Any
 
 import torch
 
-from genlab.distributed import unwrap
 from genlab.methods import METHODS
 from genlab.methods.edm import EDMConfig, EDMFlow
 from genlab.methods.first_stage import (
     FIRST_STAGE_NETWORKS,
+    ScaledFirstStageLatents,
     attach_first_stage,
     build_first_stage,
     check_first_stage,
-    latent_scale_of,
     record_first_stage,
 )
 from genlab.methods.flow_matching import FlowMatchingConfig, FlowMatchingFlow
@@ -29,7 +28,7 @@ NEEDS_FIRST_STAGE = ("latent EDM and latent flow matching work in the latent spa
                      "init.from_run=RUN_DIR (a kl-autoencoder run on the same images)")
 
 
-class LatentFlow:
+class LatentFlow(ScaledFirstStageLatents):
     """What both latent families add to their pixel family: the first stage, the scaled latents."""
 
     init_networks = FIRST_STAGE_NETWORKS
@@ -54,24 +53,10 @@ class LatentFlow:
         self.first_stage = attach_first_stage(self, self.cfg.first_stage, NEEDS_FIRST_STAGE)
 
     def finish_setup(self) -> None:
-        # 1 / std of the training latents (Rombach et al. 2022, section 4.3.2 and appendix G), a buffer
-        # of the denoiser so checkpoints, inference snapshots and the EMA carry it
-        self.denoiser.register_buffer("latent_scale", torch.ones((), device=self.device))
+        self.add_latent_scale()
 
     def diffusion_shape(self):
         return tuple(self.first_stage.latent_shape())
-
-    @torch.no_grad()
-    def to_diffused(self, x):
-        return self.first_stage.encode_latent(x).float() * unwrap(self.denoiser).latent_scale
-
-    def finish(self, z):
-        return self.first_stage.generate(z / unwrap(self.denoiser).latent_scale).clamp(-1, 1)
-
-    @torch.no_grad()
-    def prepare(self, train_images: torch.Tensor) -> None:
-        """Scale the latents to unit variance, from the first training images' latents."""
-        unwrap(self.denoiser).latent_scale.fill_(latent_scale_of(self.first_stage, train_images, self.device))
 
 
 @dataclass
