@@ -46,7 +46,7 @@ def tiny_bench(tmp_path_factory):
         {"preset": "tiny-edm", "name": "edm", "samplers": {"nfe3": ["sampler.nfe=3"], "nfe5": ["sampler.nfe=5"]}},
         # resolves (every key is valid) but cannot build: 16x16 images take two widths; fails in training
         {"preset": "tiny-dcgan", "name": "broken", "overrides": ["model.g_widths=[8,16,32,64,128]"]},
-    ], seeds=[0, 1])
+    ], seeds=[0, 1], detectors={"overrides": ["train.epochs=1"], "n": 24})
     out = folder / "out"
     result = subprocess.run([sys.executable, "-m", "genlab", "bench", str(suite), "--out", str(out), "--parallel", "2"],
                             capture_output=True, text=True, timeout=900)
@@ -90,6 +90,20 @@ def test_bench_trains_scores_and_ranks_every_entry_over_seeds(tiny_bench):
     assert board[-1] == {"row": "broken", "rank": None, "status": "no finished run"}
     assert {f["run"] for f in results["failed"]} == {"broken-seed0", "broken-seed1"}
     assert all("16x16 images need 2" in f["status"] and f["status"].startswith("failed (exit 2)") for f in results["failed"])
+    # the detector matrix of each seed's finished generators, averaged over the seeds
+    matrices = [json.loads((out / "detectors" / f"seed{k}" / "matrix.json").read_text()) for k in (0, 1)]
+    assert all(m["rows_trained_on"] == [f"{e}-seed{k}" for e in ("vae", "dcgan", "edm")] for k, m in zip((0, 1), matrices))
+    detect = results["detectors"]
+    assert detect["entries"] == ["vae", "dcgan", "edm"] and detect["seeds"] == [0, 1]
+    for i in range(3):
+        for j in range(3):
+            assert detect["auc"][i][j]["mean"] == pytest.approx((matrices[0]["auc"][i][j] + matrices[1]["auc"][i][j]) / 2)
+    own = results["leaderboards"]["detector_auc_own"]["rows"]
+    assert {r["row"] for r in own} == {"vae", "dcgan", "edm"}
+    vae_own = next(r for r in own if r["row"] == "vae")
+    assert vae_own["mean"] == pytest.approx((matrices[0]["auc"][0][0] + matrices[1]["auc"][0][0]) / 2)
+    others = next(r for r in results["leaderboards"]["detector_auc_others"]["rows"] if r["row"] == "vae")
+    assert others["mean"] == pytest.approx(sum(m["auc"][i][0] for m in matrices for i in (1, 2)) / 4)
     assert set(results["charts"]) == {"time", "cost"} and all((out / p).is_file() for p in results["charts"].values())
     assert results["machine"]["cpu_cores"] and results["command"].startswith("genlab bench")
 
@@ -192,7 +206,7 @@ def test_bad_budgets_and_folders_are_refused(tmp_path, cli):
 
 def test_shipped_suites_load_and_resolve_every_entry():
     names = bench.shipped_suites()
-    assert {"tiny", "celeba32-cpu", "cifar10-likelihood", "celeba64-gpu"} <= set(names)
+    assert {"tiny", "celeba32-cpu", "cifar10-likelihood", "celeba64-gpu", "detectors"} <= set(names)
     for name in names:
         suite = bench.load_suite(name, extra_data=["data.root=/data/that/need/not/exist"])
         assert suite.entries and suite.describe_budget()

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from genlab.analysis.common import pyplot
+from genlab.bench import detectors
 from genlab.bench.machine import machine
 SCORE_FILE = "bench.json"  # a scored run's numbers (genlab.bench.score writes it)
 from genlab.bench.suite import Suite, load_suite, resolve_entry, shipped_suites  # noqa: F401  (the package's API)
@@ -89,8 +90,10 @@ def start(suite: Suite, folder: Path, runner, device: str = "auto", command: str
     if folder.exists() and any(folder.iterdir()):
         raise GenlabError(f"--out {folder} exists and is not empty; name a new folder")
     runs = plan(suite)
+    data = resolve_entry(suite, suite.entries[0], suite.seeds[0])[0].data
     folder.mkdir(parents=True, exist_ok=True)
     manifest = {"suite": suite.to_json(), "runs": runs, "device": device, "command": command,
+                "real": {"source": data.source, "root": data.root, "data": suite.data},
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "machine": machine(resolve_device(device)), "wall_s": 0.0}
     write_manifest(folder, manifest)
@@ -145,6 +148,23 @@ def execute(folder: Path, runner) -> dict:
         log.info("bench run %s: %s", name, run["status"])
 
     runner.run(jobs, folder / "logs", done)
+    section = manifest["suite"].get("detectors")
+    if section is not None:  # after the generators: each seed's matrix over that seed's finished runs
+        matrices = {}
+        for seed in manifest["suite"]["seeds"]:
+            finished = [folder / "runs" / r["name"] for r in manifest["runs"] if r["seed"] == seed and r["status"] == "finished"]
+            if len(finished) >= 2 and not detectors.matrix_done(folder, seed):
+                matrices[f"detectors-seed{seed}"] = detectors.job(folder, seed, finished, manifest["real"], section,
+                                                                  manifest.get("device", "auto"))
+
+        def matrix_done(name: str, returncode: int) -> None:
+            manifest.setdefault("detectors", {})[name] = ("finished" if returncode == 0 else
+                                                          _failure(folder / "logs" / f"{name}.log", returncode))
+            manifest["wall_s"] = round(spent_before + time.perf_counter() - began, 1)
+            write_manifest(folder, manifest)
+            log.info("bench %s: %s", name, manifest["detectors"][name])
+
+        runner.run(matrices, folder / "logs", matrix_done)
     return summarize(folder)
 
 
@@ -231,6 +251,16 @@ def summarize(folder: Path) -> dict:
                     + [{"row": r["row"], "rank": None,
                         "status": "does not apply to this family" if r["finished"] else "no finished run"}
                        for r in rows if metric not in r["spread"]["report"]]}
+    matrix = detectors.summarize(folder, manifest["runs"], suite.seeds) if suite.detectors is not None else None
+    if matrix is not None:
+        for metric, label in ((detectors.OWN, "its own detector"), (detectors.OTHERS, "the other generators' detectors")):
+            spreads = {entry: interval(v[metric]) for entry, v in matrix["per_entry"].items() if v[metric]}
+            ranks = ranks_with_ties(spreads)
+            leaderboards[metric] = {
+                "higher_is_better": False, "what": f"AUC of {label} on its samples (lower: harder to detect)",
+                "rows": [{"row": k, "rank": ranks[k], **spreads[k],
+                          "within_noise_of": [o for o in spreads if o != k and overlaps(spreads[k], spreads[o])]}
+                         for k in sorted(spreads, key=lambda k: (ranks[k], spreads[k]["mean"]))]}
     results = {"suite": suite.name, "description": suite.description, "suite_path": suite.path,
                "budget": suite.describe_budget(), "budget_rule": suite.budget, "seeds": suite.seeds,
                "metrics": list(leaderboards), "splits": suite.splits, "eval_n": suite.eval_n,
@@ -239,8 +269,11 @@ def summarize(folder: Path) -> dict:
                "command": manifest.get("command"), "wall_s": manifest.get("wall_s"),
                "finished": sum(r["status"] == "finished" for r in manifest["runs"]), "total": len(manifest["runs"]),
                "failed": [{"run": r["name"], "status": r["status"]} for r in manifest["runs"]
-                          if r["status"].startswith(("failed", "diverged"))],
-               "rows": rows, "leaderboards": leaderboards, "charts": {}}
+                          if r["status"].startswith(("failed", "diverged"))]
+               + [{"run": name, "status": status} for name, status in manifest.get("detectors", {}).items()
+                  if status.startswith("failed")],
+               "rows": rows, "leaderboards": leaderboards, "detectors": matrix,
+               "detector_status": manifest.get("detectors", {}), "charts": {}}
     for kind, fig in (("time", time_chart(folder, results)), ("cost", cost_chart(results))):
         if fig is not None:
             path = folder / CHARTS[kind]

@@ -41,7 +41,7 @@ BUDGET_KINDS = ("minutes", "images", "steps")
 SHARED_DATA_KEYS = ("source", "root", "size", "channels", "crop", "resize_filter", "split", "val_fraction",
                     "test_fraction", "split_seed", "num_parts", "part", "limit")
 SUITE_KEYS = ("description", "data", "budget", "seeds", "metrics", "eval_n", "splits", "curve", "grid_n", "speed_n",
-              "entries")
+              "detectors", "entries")
 ENTRY_KEYS = ("preset", "name", "overrides", "samplers")
 # a budget binds, not the preset's epochs or early stopping: every entry gets the same compute
 BUDGET_FREE = ("train.epochs=1000000", "train.patience=null")
@@ -73,6 +73,7 @@ class Suite:
     curve: dict = field(default_factory=lambda: {"every": 1, "n": 500})
     grid_n: int = 36  # samples in each entry's grid (seeds 0..grid_n-1: the same seeds for every entry)
     speed_n: int = 64  # images timed for the sampling speed
+    detectors: dict | None = None  # {overrides: [detector keys], n: images}: the detector matrix per seed (bench.detectors)
     path: str = ""
 
     @property
@@ -210,6 +211,11 @@ def load_suite(name_or_path: str, seeds: list[int] | None = None, budget: dict |
             raise GenlabError(f"suite {path}:{lines['keys'].get(key, 0)}: {key} must be a positive integer")
     suite.splits = {"choice": "choice", "report": "report", **(suite.splits or {})}
     suite.curve = {"every": 1, "n": 500, **(suite.curve or {})}
+    if suite.detectors is not None:
+        if not isinstance(suite.detectors, dict) or set(suite.detectors) - {"overrides", "n"}:
+            raise GenlabError(f"suite {path}:{lines['keys'].get('detectors', 0)}: detectors takes overrides (detector "
+                              f"config keys) and n (images per class), got {suite.detectors!r}")
+        suite.detectors = {"overrides": [str(o) for o in suite.detectors.get("overrides") or []], "n": suite.detectors.get("n")}
     if check_entries:
         check(suite, lines)
     return suite
@@ -238,9 +244,15 @@ def resolve_entry(suite: Suite, entry: Entry, seed: int) -> tuple[Config, list[s
 
 
 def check(suite: Suite, lines: dict | None = None) -> None:
-    """Resolve every entry (and its samplers) now, so a bad preset, key or value is refused naming its
-    line before anything runs; and refuse entries that would not see the same data."""
+    """Resolve every entry (and its samplers, and the detectors' keys) now, so a bad preset, key or
+    value is refused naming its line before anything runs; and refuse entries that would not see the
+    same data."""
     lines = lines or {"entries": [], "data": [], "keys": {}}
+    if suite.detectors is not None:
+        try:
+            load_config("detector", [*suite.data, *suite.detectors["overrides"]])
+        except GenlabError as e:
+            raise GenlabError(f"suite {suite.path}:{lines['keys'].get('detectors', 0)}: detectors: {e}") from None
     shared = None
     for i, entry in enumerate(suite.entries):
         where = lines["entries"][i] if i < len(lines["entries"]) else {"line": entry.line, "overrides": [], "samplers": {}}

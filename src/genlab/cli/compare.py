@@ -189,7 +189,7 @@ def cmd_bench(args) -> int:
     for failed in results["failed"]:
         print(f"  {failed['run']}: {failed['status']}")
     print(f"wrote {Path(folder) / 'results.json'} and {report}")
-    return 0 if results["finished"] == results["total"] else 1
+    return 0 if results["finished"] == results["total"] and not results["failed"] else 1
 
 
 def _budget(args) -> dict | None:

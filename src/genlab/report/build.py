@@ -235,7 +235,11 @@ def collect_bench(folder: Path) -> dict:
         grids.append({"row": row["row"], "image": data_uri(image) if image and image.is_file() else None,
                       "note": f"seed {first['seed']}" if image and image.is_file() else
                       f"no grid ({first['status'] if first else 'no run'})"})
-    return {"name": folder.name, "results": results, "by_row": {r["row"]: r for r in results["rows"]}, "charts": charts,
+    by_entry = {}
+    for row in results["rows"]:
+        by_entry.setdefault(row["entry"], row)
+    return {"name": folder.name, "results": results, "by_row": {r["row"]: r for r in results["rows"]}, "by_entry": by_entry,
+            "charts": charts,
             "grids": grids, "machine": json.dumps(results.get("machine") or {}, indent=1)}
 
 
