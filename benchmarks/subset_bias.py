@@ -5,7 +5,7 @@ the choice of images differs.
 
     cd benchmarks && python subset_bias.py RUN_DIR [RUN_DIR ...] --n 500 --out results/subset_bias-cpu.json
 
-(RUN_DIR: runs of `likelihood_quality.py --runs DIR`, e.g. its RealNVP.)
+(RUN_DIR: a RealNVP run, e.g. one of `genlab bench cifar10-likelihood`.)
 """
 
 from __future__ import annotations

@@ -166,6 +166,17 @@ def test_resume_after_a_kill_finishes_only_the_missing_runs(tmp_path):
     assert (out / "logs" / "vae-seed0.log").read_text().count("genlab train") == 1
     results = json.loads((out / "results.json").read_text())
     assert results["finished"] == 2 and "2 to do" not in result.stderr and "1 to do" in result.stderr
+    # more seeds for a finished bench: only the new seed's runs are trained
+    refused = subprocess.run([sys.executable, "-m", "genlab", "bench", "--resume", str(out), "--seeds", "1"],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "leaves out seeds [0]" in refused.stderr
+    more = subprocess.run([sys.executable, "-m", "genlab", "bench", "--resume", str(out), "--seeds", "0,1"],
+                          capture_output=True, text=True, timeout=600)
+    assert more.returncode == 0, more.stderr[-2000:]
+    assert "2 to do" in more.stderr and first.stat().st_mtime_ns == scored_at
+    results = json.loads((out / "results.json").read_text())
+    assert results["seeds"] == [0, 1] and results["finished"] == 4
+    assert all(r["spread"]["report"]["swd"]["n"] == 2 for r in results["rows"])
 
 
 @pytest.mark.parametrize("entries, settings, at, message", [
@@ -230,3 +241,9 @@ def test_sampling_cost_counts_network_evaluations(tmp_path):
     cost = sampling_cost(method, n=4, batch_size=4)
     assert cost["nfe_by_network"] == {"denoiser": 5} and cost["nfe"] == 5  # tiny-ddpm: DDIM, 5 steps
     assert cost["images"] == 4 and cost["images_per_s"] > 0
+    # a flow samples through its inverse: one pass, counted as such
+    run = api.train("tiny-realnvp", overrides=["train.max_steps=2", "train.epochs=1"], runs_dir=tmp_path, device="cpu",
+                    quiet=True)
+    flow = load_model(run, torch.device("cpu"), fallback=False).method
+    assert sampling_cost(flow, n=4, batch_size=4)["nfe_by_network"] == {"flow": 1}
+    assert "inverse" not in vars(flow.flow)  # the counting wrapper is gone again

@@ -74,6 +74,25 @@ def read_manifest(folder: Path) -> dict:
     return manifest
 
 
+def add_seeds(folder: Path, seeds: list[int]) -> None:
+    """Extend a bench with more training seeds (``genlab bench --resume DIR --seeds 0,1,2``): the new
+    seeds' runs are planned from the suite as it was loaded; runs already there are kept."""
+    manifest = read_manifest(folder)
+    suite = Suite.from_json(manifest["suite"])
+    missing = [k for k in suite.seeds if k not in seeds]
+    if missing:
+        raise GenlabError(f"--seeds {','.join(map(str, seeds))} leaves out seeds {missing} the bench already has; "
+                          "--resume may only add seeds")
+    new = [k for k in seeds if k not in suite.seeds]
+    if not new:
+        return
+    suite.seeds = suite.seeds + new
+    added = plan(Suite(**{**vars(suite), "seeds": new}))
+    manifest["suite"], manifest["runs"] = suite.to_json(), manifest["runs"] + added
+    write_manifest(folder, manifest)
+    log.info("bench %s: seeds %s added (%d runs)", folder, new, len(added))
+
+
 def job_commands(run: dict, folder: Path, device: str) -> list[list[str]]:
     """Train the run (a named run: resumed when it exists), then score it."""
     run_dir = folder / "runs" / run["name"]

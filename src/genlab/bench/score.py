@@ -30,24 +30,34 @@ from genlab.bench import SCORE_FILE
 
 @contextmanager
 def counting_calls(networks: dict[str, torch.nn.Module]):
-    """Forward calls of each network while the block runs: {name: count}, filled as it runs."""
+    """Passes through each network while the block runs: {name: count}, filled as it runs. A pass is
+    a call of its forward, or of its ``inverse`` where it has one (a flow samples through its inverse)."""
     counts = {name: 0 for name in networks}
-    handles = []
+    handles, patched = [], []
     for name, net in networks.items():
         def hook(*_, name=name):
             counts[name] += 1
         handles.append(net.register_forward_hook(hook))
+        inverse = getattr(net, "inverse", None)
+        if callable(inverse):
+            def counted(*args, name=name, inverse=inverse, **kwargs):
+                counts[name] += 1
+                return inverse(*args, **kwargs)
+            net.inverse = counted  # (an instance attribute: removed again below)
+            patched.append(net)
     try:
         yield counts
     finally:
         for handle in handles:
             handle.remove()
+        for net in patched:
+            del net.inverse
 
 
 def sampling_cost(method, n: int, batch_size: int) -> dict:
-    """Network evaluations per generated batch (each network's forward calls while one batch of
-    images is drawn: a GAN's generator once, a 20-step DDIM's denoiser 20 times, a latent family's
-    decoder once more), and images per second over ``n`` images after a warm-up batch."""
+    """Network evaluations per generated batch (each network's passes while one batch of images is
+    drawn: a GAN's generator once, a flow's inverse once, a 20-step DDIM's denoiser 20 times, a latent
+    family's decoder once more), and images per second over ``n`` images after a warm-up batch."""
     batch_size = max(1, min(batch_size, n))
     with counting_calls(method.networks()) as counts:
         method.sample(batch_size, seed=0, batch_size=batch_size)

@@ -42,6 +42,7 @@ examples:
   genlab bench celeba32-cpu data.root=... --seeds 0,1,2 --budget-minutes 7 --out benches/celeba32
   genlab bench my-suite.yaml --budget-images 40960 --runner ray --gpus-per-run 1
   genlab bench --resume benches/celeba32 --parallel 2          finish the runs a kill left unscored
+  genlab bench --resume benches/celeba32 --seeds 0,1,2          add seeds to a finished bench
 
 Every run is an ordinary run directory (DIR/runs/ENTRY-seedK) trained to the suite's budget (equal
 minutes, images or steps), then scored on the choice and report splits with its sampling cost.
@@ -167,10 +168,12 @@ def cmd_bench(args) -> int:
             print(f"{name:<20} {len(suite.entries):>2} entries  {suite.describe_budget()}: {suite.description}")
         return 0
     if args.resume is not None:
-        if args.suite or args.overrides or args.seeds or _budget(args):
-            raise GenlabError("--resume BENCH_DIR finishes a bench as it was planned: give no suite, seeds, budget or "
-                              "overrides")
+        if args.suite or args.overrides or _budget(args):
+            raise GenlabError("--resume BENCH_DIR finishes a bench as it was planned (--seeds may add seeds): give no "
+                              "suite, budget or overrides")
         bench.read_manifest(args.resume)  # (refuses a folder that is not a bench before a runner starts)
+        if args.seeds is not None:
+            bench.add_seeds(args.resume, sweep.parse_seeds(args.seeds))
         folder, results = args.resume, bench.execute(args.resume, _runner(args))
     else:
         if args.suite is None:
