@@ -46,7 +46,7 @@ def tiny_bench(tmp_path_factory):
         {"preset": "tiny-edm", "name": "edm", "samplers": {"nfe3": ["sampler.nfe=3"], "nfe5": ["sampler.nfe=5"]}},
         # resolves (every key is valid) but cannot build: 16x16 images take two widths; fails in training
         {"preset": "tiny-dcgan", "name": "broken", "overrides": ["model.g_widths=[8,16,32,64,128]"]},
-    ], seeds=[0, 1], detectors={"overrides": ["train.epochs=1"], "n": 24})
+    ], seeds=[0, 1], detectors={"overrides": ["train.epochs=1"], "n": 16})
     out = folder / "out"
     result = subprocess.run([sys.executable, "-m", "genlab", "bench", str(suite), "--out", str(out), "--parallel", "2"],
                             capture_output=True, text=True, timeout=900)

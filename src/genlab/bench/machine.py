@@ -24,7 +24,7 @@ def machine(device: torch.device) -> dict:
     info = {"cpu": cpu_model(), "cpu_cores": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "platform": platform.platform(), "device": str(device)}
     try:
-        import torchvision  # (only its version is read)
+        import torchvision  # deferred: optional for this record (only its version is read)
 
         info["torchvision"] = torchvision.__version__
     except ImportError:
