@@ -140,8 +140,9 @@ def test_a_time_budget_stops_each_run_within_a_step_of_it(tmp_path, cli):
         assert train["stopped_because"] == "max_minutes"
         step = train["train_time_s"] / train["steps"]  # (the mean step, the first one's warm-up included)
         # past the budget by less than a step: the clock is read before every step (a slow step on a
-        # shared CI core is allowed twice the mean)
-        assert minutes * 60 <= train["train_time_s"] <= minutes * 60 + 2 * step, (train, step)
+        # shared CI core is allowed twice the mean; 0.05 s covers the stop's last log flush, which the
+        # recorded time includes, and its rounding to 10 ms)
+        assert minutes * 60 <= train["train_time_s"] <= minutes * 60 + 2 * step + 0.05, (train, step)
 
 
 def test_resume_after_a_kill_finishes_only_the_missing_runs(tmp_path):
