@@ -117,10 +117,7 @@ def cmd_sweep(args) -> int:
             spec = sweep.load_sweep_preset(name)
             print(f"{name:<24} {spec.preset:<24} {spec.description}")
         return 0
-    if args.runner == "ray":
-        runner = RayRunner(None if args.ray_address == "local" else args.ray_address, args.gpus_per_run, args.cpus_per_run)
-    else:
-        runner = LocalRunner(args.parallel)
+    runner = _runner(args)
     if args.resume is not None:
         if args.preset or args.grid or args.overrides:
             raise GenlabError("--resume SWEEP_DIR continues a sweep as it was planned: give no preset, --grid or overrides")
